@@ -1,0 +1,48 @@
+"""Settings shared by every stage: where tuneserve keeps its files."""
+
+import os
+from pathlib import Path
+
+
+def tuneserve_home() -> Path:
+    """The cache directory (`$TUNESERVE_HOME`, default `~/.cache/tuneserve`)."""
+    return Path(os.environ.get("TUNESERVE_HOME", Path.home() / ".cache" / "tuneserve")).expanduser()
+
+
+def models_dir() -> Path:
+    """Where imported models live: `$TUNESERVE_HOME/models/<name>`."""
+    return tuneserve_home() / "models"
+
+
+class ConfigError(ValueError):
+    """A config file or flag that does not validate; the message names the bad field."""
+
+
+def load_config(model_cls, path: str | Path | None = None, **overrides):
+    """Build a pydantic config from an optional YAML file plus flag overrides (None = unset)."""
+    import yaml
+    from pydantic import ValidationError
+
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    data |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from None
+
+
+def _describe(error, path) -> str:
+    where = f"{path}: " if path else ""
+    lines = []
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{where}{field}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""`tuneserve serve` settings: one pydantic model, loadable from YAML, overridable by flags."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneserve.models.aliases import DEFAULT_MODEL
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(DEFAULT_MODEL, description="Model reference: alias, imported name, local HF dir, .gguf file or hub id.")
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    served_model_name: list[str] | None = Field(
+        None, description="Names clients use in `model`; default: the model reference as given."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length (prompt + output); default: the model's own."
+    )
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="Memory for the paged KV cache in GiB; default: vLLM's choice."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="Weights and activations dtype."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Most sequences batched per step.")
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip torch.compile. Default: on for CPU (compiled CPU graphs gave wrong "
+        "answers on SmolLM2 and start ~70 s slower), off on GPU.",
+    )
+    prefix_caching: bool = Field(True, description="Reuse KV cache across shared prompt prefixes.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="CPU only: OpenMP threads of the engine; default: every core we may use."
+    )
+    seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
+    max_request_bytes: int = Field(
+        4 << 20, ge=1024, description="Largest accepted request body; larger ones get 413."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
+
+    @field_validator("served_model_name")
+    @classmethod
+    def _non_empty_names(cls, v):
+        if v is not None and (not v or any(not n.strip() for n in v)):
+            raise ValueError("served_model_name entries must be non-empty")
+        return v
+
+    @property
+    def model_names(self) -> list[str]:
+        return self.served_model_name or [self.model]

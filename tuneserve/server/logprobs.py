@@ -1,0 +1,64 @@
+"""vLLM's per-token logprob dicts -> OpenAI's chat and completions logprob shapes."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from tuneserve.server.protocol import ChatLogprobs, CompletionLogprobs, TokenLogprob, TopLogprob
+
+
+def _token_text(token_id: int, entry: Any, tokenizer: Any) -> str:
+    if entry is not None and entry.decoded_token is not None:
+        return entry.decoded_token
+    return tokenizer.decode([token_id])
+
+
+def _logprob(value: float) -> float:
+    # JSON has no -inf; OpenAI clients expect a finite number (vLLM's own server uses -9999).
+    return max(value, -9999.0)
+
+
+def _top(position: dict, k: int, tokenizer: Any) -> list[tuple[str, float]]:
+    ranked = sorted(position.items(), key=lambda kv: kv[1].logprob, reverse=True)[:k]
+    return [(_token_text(tid, lp, tokenizer), _logprob(lp.logprob)) for tid, lp in ranked]
+
+
+def chat_logprobs(
+    token_ids: Sequence[int], logprobs: Sequence[dict] | None, k: int, tokenizer: Any
+) -> ChatLogprobs | None:
+    if logprobs is None:
+        return None
+    content = []
+    for token_id, position in zip(token_ids, logprobs, strict=False):
+        token = _token_text(token_id, position.get(token_id), tokenizer)
+        content.append(
+            TokenLogprob(
+                token=token,
+                logprob=_logprob(position[token_id].logprob),
+                bytes=list(token.encode()),
+                top_logprobs=[
+                    TopLogprob(token=t, logprob=lp, bytes=list(t.encode()))
+                    for t, lp in _top(position, k, tokenizer)
+                ],
+            )
+        )
+    return ChatLogprobs(content=content)
+
+
+def completion_logprobs(
+    token_ids: Sequence[int],
+    logprobs: Sequence[dict] | None,
+    k: int,
+    tokenizer: Any,
+    text_offset: int = 0,
+) -> CompletionLogprobs | None:
+    if logprobs is None:
+        return None
+    out = CompletionLogprobs()
+    for token_id, position in zip(token_ids, logprobs, strict=False):
+        token = _token_text(token_id, position.get(token_id), tokenizer)
+        out.tokens.append(token)
+        out.token_logprobs.append(_logprob(position[token_id].logprob))
+        out.top_logprobs.append(dict(_top(position, k, tokenizer)) if k else None)
+        out.text_offset.append(text_offset)
+        text_offset += len(token)
+    return out

@@ -1,0 +1,26 @@
+"""Server-sent events in OpenAI's framing: `data: {json}` lines, then `data: [DONE]`."""
+
+import json
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel
+
+from tuneserve.server.errors import error_body, to_error
+
+DONE = "data: [DONE]\n\n"
+
+
+def sse_event(payload: BaseModel | dict) -> str:
+    data = payload.model_dump_json() if isinstance(payload, BaseModel) else json.dumps(payload)
+    return f"data: {data}\n\n"
+
+
+async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+    """Frame chunks; an error after the stream began goes out as one error event, then [DONE]."""
+    try:
+        async for chunk in chunks:
+            yield sse_event(chunk)
+    except Exception as exc:  # CancelledError (client gone) is a BaseException and passes
+        err = to_error(exc)
+        yield sse_event(error_body(err.message, err.type, err.param, err.code))
+    yield DONE
