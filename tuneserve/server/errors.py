@@ -135,6 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else phrase
         return JSONResponse(error_body(message, kind), exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(TuneserveError)
+    async def _ours(_: Request, exc: TuneserveError):
+        return to_error_response(exc)
+
+    # Starlette routes `Exception` to its outermost middleware: a bug still answers in
+    # OpenAI's shape (500, no internals), and the traceback goes to the server log.
     @app.exception_handler(Exception)
     async def _any(_: Request, exc: Exception):
         return to_error_response(exc)

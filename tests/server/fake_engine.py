@@ -1,0 +1,58 @@
+"""A stand-in engine for faults the real one cannot be made to produce on demand."""
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+
+@dataclass
+class FakeEngine:
+    """Generates "tok0 tok1 ..."; `fault` picks a failure: None, "dead", "mid_stream", "bug"."""
+
+    fault: str | None = None
+    num_tokens: int = 4
+    aborted: list[str] = field(default_factory=list)
+
+    @property
+    def errored(self) -> bool:
+        return self.fault == "dead"
+
+    async def generate(self, prompt, sampling_params, request_id, *, lora_request=None):
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self.fault == "dead":
+            raise EngineDeadError()
+        if self.fault == "bug":
+            raise RuntimeError("secret internal detail")
+        for i in range(self.num_tokens):
+            if self.fault == "mid_stream" and i == 2:
+                raise RuntimeError("worker crashed")
+            await asyncio.sleep(0)
+            last = i == self.num_tokens - 1
+            output = SimpleNamespace(
+                index=0, text=f"tok{i} ", token_ids=[i], logprobs=None,
+                finish_reason="length" if last else None,
+            )
+            yield SimpleNamespace(outputs=[output], finished=last, prompt_token_ids=prompt["prompt_token_ids"])
+
+    async def abort(self, request_id):
+        self.aborted.append(request_id)
+
+    async def check_health(self):
+        if self.fault == "dead":
+            raise RuntimeError("engine dead")
+
+    async def add_lora(self, lora_request):
+        return True
+
+    async def remove_lora(self, lora_id):
+        return True
+
+    async def list_loras(self):
+        return set()
+
+    def get_num_unfinished_requests(self):
+        return 0
+
+    def shutdown(self):
+        pass

