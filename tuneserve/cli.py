@@ -9,7 +9,9 @@ from rich.table import Table
 
 app = typer.Typer(help="Finetune, optimize, serve, bench and deploy LLMs.", no_args_is_help=True)
 models_app = typer.Typer(help="Import, list and inspect models.", no_args_is_help=True)
+finetune_app = typer.Typer(help="Train adapters from YAML recipes (SFT, DPO, ORPO, reward) and evaluate them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(finetune_app, name="finetune")
 console = Console()
 
 
@@ -107,6 +109,92 @@ def serve(
         run_server(load_config(ServeConfig, config, **overrides))
     except (ConfigError, ModelError) as e:
         fail(str(e))
+
+
+RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML (see examples/recipes/).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a recipe key: --set lora_r=8 (repeatable).")]
+OutOpt = Annotated[str | None, typer.Option(help="Where to write the adapter (overrides output_dir).")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue from the last checkpoint of an interrupted run.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output_dir.")]
+
+
+def _finetune(method: str, recipe: Path, sets: list[str] | None, output_dir: str | None, resume: bool, overwrite: bool) -> None:
+    from tuneserve.config import ConfigError
+    from tuneserve.finetune import RUNNERS, DataError
+    from tuneserve.finetune.recipe import load_recipe
+    from tuneserve.models import ModelError
+
+    try:
+        loaded = load_recipe(recipe, method, sets or [], output_dir=output_dir)
+        out = RUNNERS[method](loaded, resume=resume, overwrite=overwrite)
+    except (ConfigError, DataError, ModelError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(str(out))
+
+
+@finetune_app.command("sft")
+def finetune_sft(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Supervised finetuning (LoRA, QLoRA or full).
+
+    Example: tuneserve finetune sft examples/recipes/qlora-demo.yaml --set max_steps=20
+    """
+    _finetune("sft", recipe, set_, output_dir, resume, overwrite)
+
+
+@finetune_app.command("dpo")
+def finetune_dpo(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Direct preference optimization on prompt/chosen/rejected data.
+
+    Example: tuneserve finetune dpo examples/recipes/dpo-demo.yaml
+    """
+    _finetune("dpo", recipe, set_, output_dir, resume, overwrite)
+
+
+@finetune_app.command("orpo")
+def finetune_orpo(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Odds-ratio preference optimization (no reference model).
+
+    Example: tuneserve finetune orpo examples/recipes/orpo-demo.yaml
+    """
+    _finetune("orpo", recipe, set_, output_dir, resume, overwrite)
+
+
+@finetune_app.command("reward")
+def finetune_reward(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+    """Reward model (one-logit head + LoRA) on preference data.
+
+    Example: tuneserve finetune reward examples/recipes/reward-demo.yaml
+    """
+    _finetune("reward", recipe, set_, output_dir, resume, overwrite)
+
+
+@finetune_app.command("eval")
+def finetune_eval(
+    model: Annotated[str | None, typer.Option(help="Base model reference (default smollm2-135m-instruct).")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT adapter directory to apply.")] = None,
+    task: Annotated[str | None, typer.Option(help="Demo task: all, dates, units, extract, arithmetic.")] = None,
+    data: Annotated[str | None, typer.Option(help="JSONL file with reference answers instead of a demo task.")] = None,
+    data_type: Annotated[str | None, typer.Option(help="Type of --data: alpaca, messages or preference.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Demo samples per task.")] = 50,
+):
+    """Held-out exact match, perplexity (and preference accuracy for pairs), through vLLM.
+
+    Example: tuneserve finetune eval --adapter runs/qlora-demo --task all
+    """
+    from tuneserve.finetune import DataError, run_eval
+    from tuneserve.models import ModelError
+
+    if task and data:
+        fail("give --task or --data, not both")
+    try:
+        results = run_eval(model, adapter, task, data, data_type, num_samples)
+    except (DataError, ModelError) as e:
+        fail(str(e))
+    table = Table("task", "samples", "exact match", "perplexity", "preference acc.")
+    for name, r in [*results["tasks"].items(), ("all", results)]:
+        pref = r.get("preference_accuracy")
+        table.add_row(name, str(r["num_samples"]), f"{r['exact_match']:.3f}", f"{r['perplexity']:.3f}", "-" if pref is None else f"{pref:.3f}")
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneserve.models.aliases import DEFAULT_MODEL
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels are built for
+LoraRank = Literal[LORA_RANKS]
+
+
+def lora_rank_for(rank: int) -> int:
+    """The smallest engine max_lora_rank that holds an adapter of this rank."""
+    return next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
+
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -36,6 +44,10 @@ class ServeConfig(BaseModel):
         None, ge=1, description="CPU only: OpenMP threads of the engine; default: every core we may use."
     )
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
+    enable_lora: bool = Field(False, description="Let requests use LoRA adapters.")
+    max_loras: int = Field(4, ge=1, description="Adapters active in one engine step.")
+    max_lora_rank: LoraRank = Field(16, description="Largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).")
+    max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded in the engine's cache.")
     max_request_bytes: int = Field(
         4 << 20, ge=1024, description="Largest accepted request body; larger ones get 413."
     )

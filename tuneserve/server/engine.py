@@ -80,6 +80,10 @@ def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
         enforce_eager=enforce_eager,
         enable_prefix_caching=config.prefix_caching,
         seed=config.seed,
+        enable_lora=config.enable_lora,
+        max_loras=config.max_loras,
+        max_lora_rank=config.max_lora_rank,
+        max_cpu_loras=config.max_cpu_loras,
         disable_log_stats=False,  # keeps vLLM's Prometheus gauges live for /metrics
         enable_log_requests=False,
     )

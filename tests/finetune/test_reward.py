@@ -1,0 +1,20 @@
+"""A reward model learns to score chosen above rejected on held-out pairs."""
+
+from tuneserve.artifacts import read_manifest
+from tuneserve.finetune import run_reward
+
+
+def test_reward_model_beats_chance_on_held_out_pairs(tiny_recipe):
+    recipe = tiny_recipe(
+        "reward", max_steps=30, micro_batch_size=4, learning_rate=5e-4, eval_samples=40,
+        lora_r=8, lora_target_modules=["q_proj", "v_proj"],
+    )
+    out = run_reward(recipe)
+    manifest = read_manifest(out)
+    assert manifest.kind == "reward-model"
+    before = manifest.metrics["eval_before"]["preference_accuracy"]
+    after = manifest.metrics["eval_after"]["preference_accuracy"]
+    assert manifest.metrics["eval_after"]["num_samples"] == 40
+    print(f"reward preference accuracy: untrained head {before:.2f} -> trained {after:.2f}")
+    assert after >= 0.75  # chance is 0.5; 40 pairs make 0.75 ~3 standard deviations above it
+    assert after > before

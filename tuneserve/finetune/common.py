@@ -1,0 +1,175 @@
+"""The parts every recipe shares: validate, split, TRL arguments, fit with resume, save."""
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.finetune.data import load_rows
+from tuneserve.finetune.recipe import Recipe
+from tuneserve.models import model_fingerprint, resolve_model
+
+logger = logging.getLogger("tuneserve.finetune")
+
+
+@dataclass
+class Run:
+    """A validated recipe with its resolved base model and data, ready to train."""
+
+    recipe: Recipe
+    model_dir: Path
+    rows: list[dict]
+    dataset_hashes: dict[str, str]
+    started_s: float = field(default_factory=time.monotonic)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def train_and_save(recipe: Recipe, build_trainer, resume: bool, overwrite: bool, kind: str = "adapter", evaluate=None) -> Path:
+    """The outline every recipe follows: validate -> score base -> train -> save -> score result.
+
+    `evaluate(run, path_or_none)` scores the base (None) and the result; default: demo tasks.
+    """
+    evaluate = evaluate or demo_eval
+    run = prepare(recipe, overwrite, resume)
+    before = evaluate(run, None)
+    trainer = build_trainer(run)
+    fit(run, trainer, resume)
+    out = save(run, trainer, kind=kind, overwrite=overwrite)
+    record_eval(run, out, before, evaluate(run, out))
+    return out
+
+
+def prepare(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Run:
+    """Everything that can fail cheaply fails here, before a model loads."""
+    out = Path(recipe.output_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output_dir {out} already exists (pass --overwrite to replace it)")
+    if resume and not _last_checkpoint(recipe.work_dir()):
+        raise FileNotFoundError(f"--resume: no checkpoint under {recipe.work_dir()}")
+    model_dir = resolve_model(recipe.base_model)
+    rows, hashes = load_rows(recipe)
+    return Run(recipe, model_dir, rows, hashes)
+
+
+def split(run: Run):
+    """Shuffled train/validation datasets (validation is None when val_set_size is 0)."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(run.rows).shuffle(seed=run.recipe.seed)
+    num_val = int(len(dataset) * run.recipe.val_set_size)
+    if num_val == 0:
+        return dataset, None
+    parts = dataset.train_test_split(test_size=num_val, seed=run.recipe.seed)
+    return parts["train"], parts["test"]
+
+
+def trl_args(run: Run, config_cls: type, has_eval: bool, **extra) -> Any:
+    r = run.recipe
+    return config_cls(
+        output_dir=str(r.work_dir()),
+        num_train_epochs=r.num_epochs,
+        max_steps=r.max_steps or -1,
+        learning_rate=r.learning_rate,
+        lr_scheduler_type=r.lr_scheduler,
+        warmup_steps=r.warmup_ratio,  # transformers 5 reads a value below 1 as a ratio
+        per_device_train_batch_size=r.micro_batch_size,
+        per_device_eval_batch_size=r.micro_batch_size,
+        gradient_accumulation_steps=r.gradient_accumulation_steps,
+        gradient_checkpointing=r.gradient_checkpointing,
+        seed=r.seed,
+        logging_steps=r.logging_steps,
+        save_strategy="steps",
+        save_steps=r.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=r.save_steps,
+        report_to=r.report_to or "none",
+        bf16=True,
+        use_cpu=not _has_cuda(),
+        max_length=r.sequence_len,
+        disable_tqdm=False,
+        **extra,
+    )
+
+
+def fit(run: Run, trainer: Any, resume: bool) -> None:
+    """Train (from the last checkpoint with `resume`) and record steps, loss, time and memory."""
+    checkpoint = _last_checkpoint(run.recipe.work_dir()) if resume else None
+    resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else None
+    if checkpoint:
+        logger.info("resuming from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    run.metrics |= {
+        "train_loss": result.training_loss,
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "train_seconds": round(time.monotonic() - run.started_s, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    eval_logs = [log for log in trainer.state.log_history if "eval_loss" in log]
+    if eval_logs:
+        run.metrics["eval_loss"] = eval_logs[-1]["eval_loss"]
+
+
+def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False) -> Path:
+    """Write the adapter (or full model) + tokenizer + manifest atomically; drop checkpoints."""
+    import shutil
+
+    r = run.recipe
+    with atomic_artifact(r.output_dir, overwrite=overwrite) as tmp:
+        trainer.save_model(str(tmp))
+        if r.adapter == "full":
+            trainer.processing_class.save_pretrained(str(tmp))
+        manifest = Manifest(
+            kind="model" if r.adapter == "full" else kind,
+            base_model={"name": r.base_model, "path": str(run.model_dir), "sha256": model_fingerprint(run.model_dir)},
+            recipe=r.model_dump(mode="json"),
+            metrics=run.metrics | {"dataset_sha256": run.dataset_hashes},
+            parents=[str(run.model_dir)],
+        )
+        write_manifest(tmp, manifest)
+    shutil.rmtree(r.work_dir(), ignore_errors=True)
+    return Path(r.output_dir)
+
+
+def demo_eval(run: Run, model_or_adapter: Path | None = None) -> dict | None:
+    """Held-out demo scores of the base (None), an adapter dir, or a full model dir."""
+    from tuneserve.finetune.demo import task_names
+    from tuneserve.finetune.evaluate import evaluate, load_eval_samples
+
+    r = run.recipe
+    tasks = sorted({t for spec in r.datasets if spec.is_demo for t in task_names(spec.path.removeprefix("demo:"))})
+    if not tasks or r.eval_samples == 0:
+        return None
+    samples = [s for t in tasks for s in load_eval_samples(t, num_samples=r.eval_samples)]
+    if model_or_adapter is not None and not r.is_peft:
+        return evaluate(model_or_adapter, samples)
+    return evaluate(run.model_dir, samples, adapter_dir=model_or_adapter)
+
+
+def record_eval(run: Run, out: Path, before: dict | None, after: dict | None) -> None:
+    """Put before/after scores into the saved manifest (and print the comparison)."""
+    from tuneserve.artifacts import read_manifest
+
+    if before is None or after is None:
+        return
+    manifest = read_manifest(out)
+    manifest.metrics |= {"eval_before": before, "eval_after": after}
+    write_manifest(out, manifest)
+    for key in ("exact_match", "perplexity", "preference_accuracy"):
+        if key in after:
+            logger.info("held-out %s: base %.3f -> trained %.3f", key, before[key], after[key])
+
+
+def _last_checkpoint(work_dir: Path) -> Path | None:
+    checkpoints = [p for p in work_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
