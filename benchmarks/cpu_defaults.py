@@ -18,7 +18,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import start_server, stop_server  # noqa: E402  (the same launcher the tests use)
+from tests.conftest import start_server, stop_server  # noqa: E402  (the suite's engine settings)
 from tests.helpers import MODEL  # noqa: E402
 
 SETTINGS = {"defaults (all cores, eager)": [], "--cpu-threads 1": ["--cpu-threads", "1"], "--compile": ["--compile"]}

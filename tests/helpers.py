@@ -1,8 +1,35 @@
 """Helpers the tests share (fixtures live in conftest.py)."""
 
+import hashlib
+from pathlib import Path
+
 import httpx
 
 MODEL = "smollm2-135m-instruct"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Small LoRA adapters made by tuneserve's own finetune code (see examples/recipes/lora-*.yaml).
+ADAPTERS = {"dates": EXAMPLES / "adapters" / "dates", "units": EXAMPLES / "adapters" / "units"}
+
+ADMIN_KEY = "sk-test-admin-0001"
+INFERENCE_KEY = "sk-test-tenant-a-0001"
+LIMITED_KEY = "sk-test-limited-0001"
+TOKEN_LIMITED_KEY = "sk-test-tokens-0001"
+KEYS_YAML = f"""
+keys:
+  - name: admin
+    key: {ADMIN_KEY}
+    scopes: [inference, admin]
+  - name: tenant-a
+    key: {INFERENCE_KEY}
+    scopes: [inference]
+    models: ["smollm2-*", "dates"]
+  - name: limited
+    key: {LIMITED_KEY}
+    requests_per_minute: 2
+  - name: token-limited
+    key_sha256: {hashlib.sha256(TOKEN_LIMITED_KEY.encode()).hexdigest()}
+    tokens_per_minute: 60
+"""
 
 
 def assert_openai_error(response: httpx.Response, status: int, param: str | None = None, code: str | None = None):

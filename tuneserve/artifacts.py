@@ -39,6 +39,14 @@ class Manifest(BaseModel):
     parents: list[str] = Field(default_factory=list)
 
 
+def _share(root: Path) -> None:
+    """mkdtemp (and some savers) create owner-only files; give artifacts the umask's usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def read_manifest(artifact_dir: str | Path) -> Manifest | None:
     """The manifest of `artifact_dir`, or None when it has none."""
     path = Path(artifact_dir) / MANIFEST_NAME
@@ -67,6 +75,7 @@ def atomic_artifact(final_dir: str | Path, overwrite: bool = False) -> Iterator[
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
     try:
         yield tmp_dir
+        _share(tmp_dir)
         if final_dir.exists():
             # Move the old one aside first so the swap is two renames, never a half-deleted dir.
             old = final_dir.with_name(f".{final_dir.name}.old-{os.getpid()}")

@@ -93,11 +93,26 @@ def serve(
     cpu_threads: Annotated[int | None, typer.Option(help="CPU: engine threads (default: all usable cores).")] = None,
     seed: Annotated[int | None, typer.Option(help="Engine seed.")] = None,
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 above).")] = None,
+    adapters: Annotated[list[str] | None, typer.Option("--adapter", help="Load an adapter at start: NAME=PATH (repeatable).")] = None,
+    adapter_roots: Annotated[list[str] | None, typer.Option("--adapter-root", help="Directory the admin API may load adapters from (repeatable).")] = None,
+    enable_lora: Annotated[bool | None, typer.Option("--enable-lora/--no-enable-lora", help="LoRA support (default: on with --adapter/--adapter-root).")] = None,
+    max_loras: Annotated[int | None, typer.Option(help="Adapters active in one engine step (default 4).")] = None,
+    max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank: 1, 8, 16, 32, 64, ... (default 16).")] = None,
+    max_cpu_loras: Annotated[int | None, typer.Option(help="Adapters cached in the engine.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Require this bearer key (all scopes).", envvar="TUNESERVE_API_KEY", show_envvar=True)] = None,
+    api_keys: Annotated[str | None, typer.Option(help="YAML file of tenants: keys, scopes, models, limits.")] = None,
+    max_queued_requests: Annotated[int | None, typer.Option(help="Requests in flight beyond this get 503.")] = None,
+    max_tokens_cap: Annotated[int | None, typer.Option(help="Largest max_tokens a request may ask for.")] = None,
+    request_timeout_s: Annotated[float | None, typer.Option(help="Abort requests running longer (504).")] = None,
+    drain_timeout_s: Annotated[float | None, typer.Option(help="SIGTERM grace period for in-flight requests (default 30).")] = None,
+    speculative: Annotated[str | None, typer.Option(help="ngram[:K] or draft:MODEL_REF[:K].")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error.")] = None,
 ):
     """Serve a model behind an OpenAI-compatible API (vLLM in-process).
 
-    Example: tuneserve serve --model smollm2-135m-instruct --port 8000
+    Examples:
+      tuneserve serve --model smollm2-135m-instruct --port 8000
+      tuneserve serve --adapter dates=examples/adapters/dates --adapter-root runs --api-keys keys.yaml
     """
     overrides = {k: v for k, v in locals().items() if k != "config"}
     from tuneserve.config import ConfigError, load_config
@@ -129,7 +144,24 @@ def _finetune(method: str, recipe: Path, sets: list[str] | None, output_dir: str
         out = RUNNERS[method](loaded, resume=resume, overwrite=overwrite)
     except (ConfigError, DataError, ModelError, FileExistsError, FileNotFoundError) as e:
         fail(str(e))
+    from tuneserve.artifacts import read_manifest
+
+    metrics = read_manifest(out).metrics
+    if "eval_after" in metrics:
+        print_eval(metrics["eval_after"], metrics.get("eval_before"))
     console.print(str(out))
+
+
+def print_eval(results: dict, before: dict | None = None) -> None:
+    """Per-task table of held-out scores; with `before`, each cell reads "base -> trained"."""
+    columns = [("exact_match", "exact match"), ("perplexity", "perplexity"), ("preference_accuracy", "preference acc.")]
+    shown = [(key, title) for key, title in columns if key in results]
+    table = Table("task", "samples", *(title for _, title in shown), title="held-out evaluation")
+    rows = [(name, r, (before or {}).get("tasks", {}).get(name)) for name, r in results.get("tasks", {}).items()]
+    for name, r, b in [*rows, ("all", results, before)]:
+        cells = [f"{b[key]:.3f} -> {r[key]:.3f}" if b and key in b else f"{r[key]:.3f}" for key, _ in shown]
+        table.add_row(name, str(r["num_samples"]), *cells)
+    console.print(table)
 
 
 @finetune_app.command("sft")
@@ -190,11 +222,7 @@ def finetune_eval(
         results = run_eval(model, adapter, task, data, data_type, num_samples)
     except (DataError, ModelError) as e:
         fail(str(e))
-    table = Table("task", "samples", "exact match", "perplexity", "preference acc.")
-    for name, r in [*results["tasks"].items(), ("all", results)]:
-        pref = r.get("preference_accuracy")
-        table.add_row(name, str(r["num_samples"]), f"{r['exact_match']:.3f}", f"{r['perplexity']:.3f}", "-" if pref is None else f"{pref:.3f}")
-    console.print(table)
+    print_eval(results)
 
 
 if __name__ == "__main__":

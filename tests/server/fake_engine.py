@@ -7,11 +7,13 @@ from types import SimpleNamespace
 
 @dataclass
 class FakeEngine:
-    """Generates "tok0 tok1 ..."; `fault` picks a failure: None, "dead", "mid_stream", "bug"."""
+    """Generates "tok0 tok1 ..."; `fault` picks a failure: None, "dead", "mid_stream", "bug",
+    "add_lora" (the engine refuses every adapter)."""
 
     fault: str | None = None
     num_tokens: int = 4
     aborted: list[str] = field(default_factory=list)
+    loras: set[int] = field(default_factory=set)
 
     @property
     def errored(self) -> bool:
@@ -43,13 +45,17 @@ class FakeEngine:
             raise RuntimeError("engine dead")
 
     async def add_lora(self, lora_request):
+        if self.fault == "add_lora":
+            raise RuntimeError("Call to add_lora method failed: Worker failed")
+        self.loras.add(lora_request.lora_int_id)
         return True
 
     async def remove_lora(self, lora_id):
+        self.loras.discard(lora_id)
         return True
 
     async def list_loras(self):
-        return set()
+        return set(self.loras)
 
     def get_num_unfinished_requests(self):
         return 0

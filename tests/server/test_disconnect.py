@@ -5,10 +5,11 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import chat_body, metric, read_metrics
+from tests.helpers import ADMIN_KEY, chat_body, metric, read_metrics
 
 pytestmark = pytest.mark.engine
 
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
 LONG = chat_body(content="Tell me a very long story.", max_tokens=1500, ignore_eos=True, temperature=0)
 
 
@@ -31,11 +32,12 @@ def wait_for_idle(http, timeout_s: float = 30) -> None:
 
 def test_stream_disconnect_aborts_the_engine_request(server, http):
     wait_for_idle(http)
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+    with httpx.Client(base_url=server.base_url, timeout=60, headers=AUTH) as client:
         with client.stream("POST", "/v1/chat/completions", json={**LONG, "stream": True}) as response:
             lines = response.iter_lines()
             for _ in range(6):
                 next(lines)
+            assert response.status_code == 200
             assert running(http) == 1  # generating 1500 tokens takes a minute: still running
             assert unfinished(http) == 1
     wait_for_idle(http)  # without the abort this would stay at 1 for about a minute
@@ -44,5 +46,5 @@ def test_stream_disconnect_aborts_the_engine_request(server, http):
 def test_non_stream_disconnect_aborts_the_engine_request(server, http):
     wait_for_idle(http)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.base_url}/v1/chat/completions", json=LONG, timeout=3)
+        httpx.post(f"{server.base_url}/v1/chat/completions", json=LONG, timeout=3, headers=AUTH)
     wait_for_idle(http)

@@ -7,10 +7,11 @@ from tests.helpers import MODEL
 pytestmark = pytest.mark.engine
 
 
-def test_models_lists_the_served_model(openai_client):
+def test_models_lists_the_served_model_first(openai_client):
     models = openai_client.models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].id == MODEL
     assert models.data[0].max_model_len == 2048
+    assert all(m.parent == MODEL for m in models.data[1:])  # the rest are adapters
 
 
 def test_health_and_ready_answer_200(http):

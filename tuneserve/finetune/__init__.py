@@ -2,10 +2,10 @@
 
 from tuneserve.finetune.data import DataError
 from tuneserve.finetune.dpo import run_dpo
+from tuneserve.finetune.evaluate import run_eval
 from tuneserve.finetune.orpo import run_orpo
 from tuneserve.finetune.recipe import Recipe
 from tuneserve.finetune.reward import run_reward
-from tuneserve.finetune.evaluate import run_eval
 from tuneserve.finetune.sft import run_sft
 
 RUNNERS = {"sft": run_sft, "dpo": run_dpo, "orpo": run_orpo, "reward": run_reward}

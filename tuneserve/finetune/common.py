@@ -120,8 +120,10 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False)
 
     r = run.recipe
     with atomic_artifact(r.output_dir, overwrite=overwrite) as tmp:
-        trainer.save_model(str(tmp))
-        if r.adapter == "full":
+        if r.is_peft:  # adapter_config.json + adapter_model.safetensors, as vLLM and PEFT load them
+            trainer.model.save_pretrained(str(tmp))
+        else:
+            trainer.save_model(str(tmp))
             trainer.processing_class.save_pretrained(str(tmp))
         manifest = Manifest(
             kind="model" if r.adapter == "full" else kind,

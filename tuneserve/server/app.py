@@ -5,13 +5,16 @@ from typing import Any
 from fastapi import FastAPI
 
 from tuneserve import __version__
+from tuneserve.server import adapter_routes, routes
+from tuneserve.server.adapters import AdapterRegistry
+from tuneserve.server.admission import Admission
+from tuneserve.server.auth import Authenticator
 from tuneserve.server.chat import ChatServing
 from tuneserve.server.completions import CompletionServing
 from tuneserve.server.config import ServeConfig
 from tuneserve.server.engine import Engine
 from tuneserve.server.errors import install_error_handlers
 from tuneserve.server.middleware import BodySizeLimit
-from tuneserve.server.routes import router
 from tuneserve.server.serving import OpenAIServing, ServedModel
 
 
@@ -26,15 +29,25 @@ def engine_version() -> str:
     return "unknown"
 
 
-def create_app(config: ServeConfig, engine: Engine, tokenizer: Any, model: ServedModel) -> FastAPI:
+def create_app(
+    config: ServeConfig,
+    engine: Engine,
+    tokenizer: Any,
+    model: ServedModel,
+    adapters: AdapterRegistry | None = None,
+    auth: Authenticator | None = None,
+) -> FastAPI:
     app = FastAPI(title="tuneserve", version=__version__)
-    serving = OpenAIServing(engine, tokenizer, model)
+    serving = OpenAIServing(engine, tokenizer, model, adapters)
+    app.state.config = config
     app.state.serving = serving
     app.state.chat = ChatServing(serving)
     app.state.completions = CompletionServing(serving)
+    app.state.admission = Admission(config.max_queued_requests)
+    app.state.auth = auth
     app.state.engine_version = engine_version()
-    app.state.is_ready = True
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(adapter_routes.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     return app

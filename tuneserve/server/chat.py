@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tuneserve.server.logprobs import chat_logprobs
+from tuneserve.server.metrics import RequestStats
 from tuneserve.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -16,49 +17,49 @@ from tuneserve.server.protocol import (
     new_id,
     now_s,
 )
-from tuneserve.server.serving import OpenAIServing, primed_all
-from tuneserve.server.sse import sse_stream
+from tuneserve.server.serving import Choice, OpenAIServing, primed_all
 
 
 class ChatServing:
     def __init__(self, serving: OpenAIServing):
         self.serving = serving
 
-    async def create(self, request: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+    async def create(
+        self, request: ChatCompletionRequest, lora_request: Any, stats: RequestStats
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
+        """A response, or (stream=true) an iterator of chunks for the transport to frame."""
         s = self.serving
-        s.check_model(request.model)
         prompt_ids = s.encode_chat(request.messages)
         max_tokens = s.fit_max_tokens(len(prompt_ids), request.requested_max_tokens(), "messages")
         request_id = new_id("chatcmpl")
-        params = request.to_sampling_params(max_tokens, stream=request.stream)
-        (outputs,) = await primed_all([s.generate(prompt_ids, params, request_id)])
+        params = request.to_sampling_params(max_tokens)
+        (outputs,) = await primed_all([s.generate(prompt_ids, params, request_id, lora_request, stats)])
         if request.stream:
-            return sse_stream(self._chunks(request, request_id, len(prompt_ids), outputs))
+            return self._chunks(request, request_id, len(prompt_ids), outputs)
         return await self._response(request, request_id, len(prompt_ids), outputs)
 
     def _logprobs(self, request: ChatCompletionRequest, output: Any):
         return chat_logprobs(output.token_ids, output.logprobs, request.top_logprobs or 0, self.serving.tokenizer)
 
     async def _response(self, request, request_id, num_prompt_tokens, outputs) -> ChatCompletionResponse:
-        final: dict[int, Any] = {}
+        choices: dict[int, Choice] = {}
         async for out in outputs:
-            final.update({o.index: o for o in out.outputs})
-        choices = [
-            ChatChoice(
-                index=i,
-                message=AssistantMessage(content=o.text),
-                logprobs=self._logprobs(request, o),
-                finish_reason=o.finish_reason,
-            )
-            for i, o in sorted(final.items())
-        ]
-        num_completion_tokens = sum(len(o.token_ids) for o in final.values())
+            for o in out.outputs:
+                choices.setdefault(o.index, Choice()).add(o)
         return ChatCompletionResponse(
             id=request_id,
             created=now_s(),
             model=request.model,
-            choices=choices,
-            usage=Usage.of(num_prompt_tokens, num_completion_tokens),
+            choices=[
+                ChatChoice(
+                    index=i,
+                    message=AssistantMessage(content=c.text),
+                    logprobs=self._logprobs(request, c),
+                    finish_reason=c.finish_reason,
+                )
+                for i, c in sorted(choices.items())
+            ],
+            usage=Usage.of(num_prompt_tokens, sum(len(c.token_ids) for c in choices.values())),
         )
 
     async def _chunks(self, request, request_id, num_prompt_tokens, outputs) -> AsyncIterator[ChatCompletionChunk]:

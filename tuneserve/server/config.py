@@ -44,12 +44,29 @@ class ServeConfig(BaseModel):
         None, ge=1, description="CPU only: OpenMP threads of the engine; default: every core we may use."
     )
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
-    enable_lora: bool = Field(False, description="Let requests use LoRA adapters.")
+    enable_lora: bool | None = Field(
+        None, description="Let requests use LoRA adapters; default: on when --adapter or --adapter-root is given."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="Adapters to load at start: NAME=PATH (repeatable)."
+    )
+    adapter_roots: list[str] = Field(
+        default_factory=list, description="Directories adapters may be loaded from at run time (admin API)."
+    )
     max_loras: int = Field(4, ge=1, description="Adapters active in one engine step.")
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).")
     max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded in the engine's cache.")
     max_request_bytes: int = Field(
         4 << 20, ge=1024, description="Largest accepted request body; larger ones get 413."
+    )
+    api_key: str | None = Field(None, min_length=8, description="One key with every scope (the simple case).")
+    api_keys: str | None = Field(None, description="YAML file of tenants: keys, scopes, allowed models, limits.")
+    max_queued_requests: int | None = Field(None, ge=1, description="Requests in flight beyond this get 503 + Retry-After.")
+    max_tokens_cap: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for.")
+    request_timeout_s: float | None = Field(None, gt=0, description="Abort requests running longer than this.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+    speculative: str | None = Field(
+        None, description="Speculative decoding: ngram[:K] or draft:MODEL_REF[:K] (K draft tokens, default 4)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 
@@ -60,6 +77,51 @@ class ServeConfig(BaseModel):
             raise ValueError("served_model_name entries must be non-empty")
         return v
 
+    @field_validator("adapters", mode="before")
+    @classmethod
+    def _parse_adapters(cls, v):
+        if not isinstance(v, list):
+            return v
+        adapters = {}
+        for item in v:
+            name, sep, path = str(item).partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"{item!r}: expected NAME=PATH")
+            if name in adapters:
+                raise ValueError(f"adapter name {name!r} is given twice")
+            adapters[name] = path
+        return adapters
+
+    @field_validator("speculative")
+    @classmethod
+    def _check_speculative(cls, v):
+        if v is not None:
+            parse_speculative(v)
+        return v
+
     @property
     def model_names(self) -> list[str]:
         return self.served_model_name or [self.model]
+
+    @property
+    def is_lora_enabled(self) -> bool:
+        return bool(self.adapters or self.adapter_roots) if self.enable_lora is None else self.enable_lora
+
+
+DEFAULT_SPECULATIVE_TOKENS = 4
+
+
+def parse_speculative(spec: str) -> tuple[str, str | None, int]:
+    """"ngram", "ngram:5", "draft:REF", "draft:REF:3" -> (method, draft model ref, num tokens)."""
+    method, _, rest = spec.partition(":")
+    if method == "ngram":
+        if rest and not rest.isdigit():
+            raise ValueError(f"{spec!r}: expected ngram or ngram:K with K a number")
+        return "ngram", None, int(rest or DEFAULT_SPECULATIVE_TOKENS)
+    if method == "draft" and rest:
+        ref, sep, k = rest.rpartition(":")
+        if not (sep and k.isdigit()):
+            ref, k = rest, ""
+        if ref:
+            return "draft", ref, int(k or DEFAULT_SPECULATIVE_TOKENS)
+    raise ValueError(f"{spec!r}: expected ngram[:K] or draft:MODEL_REF[:K]")

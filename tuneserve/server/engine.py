@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from tuneserve.server.config import ServeConfig
+from tuneserve.server.config import ServeConfig, parse_speculative
 
 logger = logging.getLogger("tuneserve.server")
 
@@ -66,6 +66,17 @@ def apply_cpu_defaults(config: ServeConfig) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores[:num_threads])))
 
 
+def speculative_config(config: ServeConfig) -> dict | None:
+    if config.speculative is None:
+        return None
+    from tuneserve.models import resolve_model
+
+    method, draft_ref, num_tokens = parse_speculative(config.speculative)
+    if method == "ngram":
+        return {"method": "ngram", "num_speculative_tokens": num_tokens, "prompt_lookup_min": 2, "prompt_lookup_max": 5}
+    return {"method": "draft_model", "model": str(resolve_model(draft_ref)), "num_speculative_tokens": num_tokens}
+
+
 def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
@@ -80,10 +91,11 @@ def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
         enforce_eager=enforce_eager,
         enable_prefix_caching=config.prefix_caching,
         seed=config.seed,
-        enable_lora=config.enable_lora,
+        enable_lora=config.is_lora_enabled,
         max_loras=config.max_loras,
         max_lora_rank=config.max_lora_rank,
         max_cpu_loras=config.max_cpu_loras,
+        speculative_config=speculative_config(config),
         disable_log_stats=False,  # keeps vLLM's Prometheus gauges live for /metrics
         enable_log_requests=False,
     )

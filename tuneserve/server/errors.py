@@ -66,6 +66,11 @@ class ServiceUnavailableError(ServerError):
         self.headers["Retry-After"] = str(retry_after_s)
 
 
+class RequestTimeoutError(ServerError):
+    status = 504
+    type = "timeout"
+
+
 class EngineDeadError(ServerError):
     status = 503
     type = "engine_dead"
@@ -79,11 +84,21 @@ def to_error(exc: BaseException) -> TuneserveError:
     """Map any exception to a TuneserveError; unknown ones become a 500 with no internals."""
     if isinstance(exc, TuneserveError):
         return exc
+    if isinstance(exc, TimeoutError):
+        return RequestTimeoutError("The request took longer than this server's request timeout.")
     vllm_error = _from_vllm(exc)
     if vllm_error is not None:
         return vllm_error
     logger.exception("unhandled error", exc_info=exc)
     return ServerError("internal server error")
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status `exc` will be answered with (without logging it)."""
+    if isinstance(exc, TuneserveError):
+        return exc.status
+    mapped = _from_vllm(exc)
+    return mapped.status if mapped is not None else 500
 
 
 def to_error_response(exc: BaseException) -> JSONResponse:

@@ -120,8 +120,12 @@ class SamplingFields(OpenAIRequest):
     def structured_output(self) -> dict | None:
         return None
 
-    def to_sampling_params(self, max_tokens: int, stream: bool):
-        """vLLM SamplingParams for this request; `max_tokens` is already fitted to the context."""
+    def to_sampling_params(self, max_tokens: int):
+        """vLLM SamplingParams for this request; `max_tokens` is already fitted to the context.
+
+        Outputs always come as deltas: streaming sends them on, non-streaming joins them (and so
+        can measure time to first token too).
+        """
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
 
         structured = self.structured_output()
@@ -145,7 +149,7 @@ class SamplingFields(OpenAIRequest):
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
             structured_outputs=StructuredOutputsParams(**structured) if structured else None,
-            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            output_kind=RequestOutputKind.DELTA,
         )
 
 

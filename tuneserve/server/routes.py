@@ -1,66 +1,33 @@
-"""HTTP routes. Handlers fetch their serving object, await it and shape the response."""
-
-import asyncio
-from collections.abc import AsyncIterator, Awaitable
+"""OpenAI routes and probes. Handlers fetch their serving object, await it and shape the response."""
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from tuneserve import __version__
+from tuneserve.server.admission import authorize
 from tuneserve.server.errors import EngineDeadError, ServiceUnavailableError
+from tuneserve.server.inference import run_inference
 from tuneserve.server.metrics import render_metrics
 from tuneserve.server.protocol import ChatCompletionRequest, CompletionRequest
 
 router = APIRouter()
 
 
-async def cancel_on_disconnect(raw: Request, work: Awaitable):
-    """Run `work`, cancelling it (and so aborting its engine request) if the client leaves."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(raw))
-    try:
-        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if task not in done:
-        task.cancel()
-        return Response(status_code=499)  # nobody is listening; nginx's "client closed request"
-    return task.result()
-
-
-async def _wait_for_disconnect(raw: Request) -> None:
-    while (await raw.receive())["type"] != "http.disconnect":
-        pass
-
-
-def respond(result) -> Response:
-    if isinstance(result, Response):
-        return result
-    if isinstance(result, AsyncIterator):
-        return StreamingResponse(result, media_type="text/event-stream")
-    return JSONResponse(result.model_dump(mode="json"))
-
-
-def check_admitting(raw: Request) -> None:
-    if not raw.app.state.is_ready:
-        raise ServiceUnavailableError("The server is not accepting requests right now.")
-
-
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, raw: Request):
-    check_admitting(raw)
-    return respond(await cancel_on_disconnect(raw, raw.app.state.chat.create(body)))
+    return await run_inference(raw, body, raw.app.state.chat)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, raw: Request):
-    check_admitting(raw)
-    return respond(await cancel_on_disconnect(raw, raw.app.state.completions.create(body)))
+    return await run_inference(raw, body, raw.app.state.completions)
 
 
 @router.get("/v1/models")
 async def list_models(raw: Request):
-    return respond(raw.app.state.serving.list_models())
+    tenant = authorize(raw, "inference")
+    models = raw.app.state.serving.list_models(is_allowed=lambda name: tenant is None or tenant.may_use(name))
+    return JSONResponse(models.model_dump(mode="json"))
 
 
 @router.get("/health")
@@ -77,7 +44,8 @@ async def health(raw: Request):
 
 @router.get("/ready")
 async def ready(raw: Request):
-    check_admitting(raw)
+    if raw.app.state.admission.is_draining:
+        raise ServiceUnavailableError("The server is shutting down.", retry_after_s=10)
     return {"status": "ready"}
 
 
@@ -88,5 +56,5 @@ async def version(raw: Request):
 
 @router.get("/metrics")
 async def metrics(raw: Request):
-    body, content_type = render_metrics(raw.app.state.serving.engine)
+    body, content_type = render_metrics(raw.app.state.serving.engine.get_num_unfinished_requests())
     return Response(body, media_type=content_type)

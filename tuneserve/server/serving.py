@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneserve.server.adapters import AdapterRegistry
 from tuneserve.server.engine import Engine, tokens_prompt
 from tuneserve.server.errors import BadRequestError, ContextLengthError, ModelNotFoundError, to_error
+from tuneserve.server.metrics import BASE, RequestStats
 from tuneserve.server.protocol import ChatMessage, ModelCard, ModelList, now_s
 
 
@@ -18,30 +20,60 @@ class ServedModel:
     names: list[str]
     path: str
     max_model_len: int
+    max_tokens_cap: int | None = None
     created: int = field(default_factory=now_s)
 
 
-class OpenAIServing:
-    """Owns the engine and tokenizer; endpoint classes build on it."""
+@dataclass
+class Choice:
+    """One choice's deltas joined: what a non-streaming response returns."""
 
-    def __init__(self, engine: Engine, tokenizer: Any, model: ServedModel):
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict] | None = None
+    finish_reason: str | None = None
+
+    def add(self, delta: Any) -> None:
+        self.text += delta.text
+        self.token_ids += delta.token_ids
+        if delta.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + list(delta.logprobs)
+        self.finish_reason = delta.finish_reason or self.finish_reason
+
+
+class OpenAIServing:
+    """Owns the engine, tokenizer and adapter registry; endpoint classes build on it."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, model: ServedModel, adapters: AdapterRegistry | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model = model
+        self.adapters = adapters
 
     # -- models -------------------------------------------------------------------------
 
-    def check_model(self, name: str) -> None:
-        if name not in self.model.names:
-            raise ModelNotFoundError(
-                f"The model `{name}` does not exist. Available: {', '.join(self.model.names)}",
-                param="model",
-            )
+    @contextlib.asynccontextmanager
+    async def target(self, name: str, stats: RequestStats):
+        """Resolve `model` to the base (None) or an adapter's LoRA request, held for the request."""
+        if name in self.model.names:
+            stats.adapter = BASE
+            yield None
+            return
+        if self.adapters is not None and name in self.adapters.current:
+            async with self.adapters.hold(name) as version:
+                stats.adapter = name
+                yield version.lora_request()
+            return
+        raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
-    def list_models(self) -> ModelList:
+    def list_models(self, is_allowed=lambda name: True) -> ModelList:
         m = self.model
         cards = [ModelCard(id=n, created=m.created, root=m.path, max_model_len=m.max_model_len) for n in m.names]
-        return ModelList(data=cards)
+        for name, version in (self.adapters.current.items() if self.adapters else []):
+            cards.append(
+                ModelCard(id=name, created=int(version.loaded_at), root=str(version.info.path), parent=m.names[0], max_model_len=m.max_model_len)
+            )
+        return ModelList(data=[c for c in cards if is_allowed(c.id)])
 
     # -- prompts ------------------------------------------------------------------------
 
@@ -63,8 +95,10 @@ class OpenAIServing:
         return prompt
 
     def fit_max_tokens(self, num_prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
-        """The output budget: the request's if it fits in the context, else a clear 400."""
-        limit = self.model.max_model_len
+        """The output budget: the request's if it fits the context and the cap, else a clear 400."""
+        limit, cap = self.model.max_model_len, self.model.max_tokens_cap
+        if cap is not None and requested is not None and requested > cap:
+            raise BadRequestError(f"max_tokens {requested} is above this server's cap of {cap}", param="max_tokens")
         if num_prompt_tokens >= limit:
             raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens. However, your prompt "
@@ -72,7 +106,7 @@ class OpenAIServing:
                 param=prompt_param,
             )
         if requested is None:
-            return limit - num_prompt_tokens
+            return min(limit - num_prompt_tokens, cap or limit)
         if num_prompt_tokens + requested > limit:
             raise ContextLengthError(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
@@ -85,17 +119,17 @@ class OpenAIServing:
     # -- generation ---------------------------------------------------------------------
 
     async def generate(
-        self, prompt_ids: list[int], params: Any, request_id: str, lora_request: Any = None
+        self, prompt_ids: list[int], params: Any, request_id: str, lora_request: Any, stats: RequestStats
     ) -> AsyncIterator[Any]:
-        """Engine outputs for one prompt; engine errors come out as TuneserveErrors.
+        """Engine outputs (deltas) for one prompt; engine errors come out as TuneserveErrors.
 
-        Closing this iterator early (client gone) closes vLLM's, which aborts the request.
+        Closing this iterator early (client gone, timeout) closes vLLM's, which aborts the request.
         """
-        stream = self.engine.generate(
-            tokens_prompt(prompt_ids), params, request_id, lora_request=lora_request
-        )
+        stats.num_prompt_tokens += len(prompt_ids)
+        stream = self.engine.generate(tokens_prompt(prompt_ids), params, request_id, lora_request=lora_request)
         try:
             async for output in stream:
+                stats.on_output(sum(len(o.token_ids) for o in output.outputs))
                 yield output
         except (asyncio.CancelledError, GeneratorExit):
             raise

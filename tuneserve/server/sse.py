@@ -15,12 +15,14 @@ def sse_event(payload: BaseModel | dict) -> str:
     return f"data: {data}\n\n"
 
 
-async def sse_stream(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[str]:
+async def sse_stream(chunks: AsyncIterator[BaseModel], on_error=None) -> AsyncIterator[str]:
     """Frame chunks; an error after the stream began goes out as one error event, then [DONE]."""
     try:
         async for chunk in chunks:
             yield sse_event(chunk)
     except Exception as exc:  # CancelledError (client gone) is a BaseException and passes
         err = to_error(exc)
+        if on_error is not None:
+            on_error(err)
         yield sse_event(error_body(err.message, err.type, err.param, err.code))
     yield DONE

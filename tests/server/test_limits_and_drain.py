@@ -1,0 +1,117 @@
+"""Admission limits, timeouts and the SIGTERM drain, on a second real server with tight limits."""
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import start_server, stop_server
+from tests.helpers import assert_openai_error, chat_body, metric, read_metrics
+
+pytestmark = pytest.mark.engine
+
+LIMITS = ["--max-queued-requests", "2", "--request-timeout-s", "8", "--max-tokens-cap", "1500", "--drain-timeout-s", "60"]
+LONG = {"max_tokens": 1200, "ignore_eos": True, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    running = start_server(tmp_path_factory.mktemp("limited"), *LIMITS)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture()
+def client(limited):
+    with httpx.Client(base_url=limited.base_url, timeout=120) as c:
+        yield c
+
+
+def wait_until_idle(client, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        samples = read_metrics(client)
+        if metric(samples, "tuneserve_queue_depth") == 0 and metric(samples, "vllm:num_requests_running") == 0:
+            return
+        time.sleep(0.25)
+    raise AssertionError("server did not go idle")
+
+
+def stream_in_background(base_url: str, body: dict, lines: list, started: threading.Event) -> threading.Thread:
+    def run():
+        with httpx.Client(base_url=base_url, timeout=120) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines.append(r.status_code)
+            for line in r.iter_lines():
+                started.set()
+                if line:  # SSE events are separated by blank lines
+                    lines.append(line)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_max_tokens_above_the_cap_is_400(client):
+    assert_openai_error(client.post("/v1/chat/completions", json=chat_body(max_tokens=1600)), 400, "max_tokens")
+
+
+def test_requests_beyond_the_queue_limit_get_503_with_retry_after(limited, client):
+    wait_until_idle(client)
+    threads, outputs = [], []
+    for _ in range(2):
+        lines, started = [], threading.Event()
+        threads.append(stream_in_background(limited.base_url, chat_body(stream=True, max_tokens=120, ignore_eos=True, temperature=0), lines, started))
+        outputs.append(lines)
+        assert started.wait(60)
+    response = client.post("/v1/chat/completions", json=chat_body(max_tokens=4))
+    assert_openai_error(response, 503)
+    assert int(response.headers["Retry-After"]) >= 1
+    for t in threads:
+        t.join()
+    assert all(lines[0] == 200 and lines[-1] == "data: [DONE]" for lines in outputs)
+    assert client.post("/v1/chat/completions", json=chat_body(max_tokens=4)).status_code == 200
+
+
+def test_slow_request_times_out_with_504_and_is_aborted(client):
+    wait_until_idle(client)
+    started = time.monotonic()
+    response = client.post("/v1/chat/completions", json=chat_body(**LONG))
+    assert_openai_error(response, 504)
+    assert 7 < time.monotonic() - started < 20
+    wait_until_idle(client)  # the engine request was aborted, not left running
+
+
+def test_slow_stream_ends_with_a_timeout_event(client):
+    wait_until_idle(client)
+    with client.stream("POST", "/v1/chat/completions", json=chat_body(stream=True, **LONG)) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert response.status_code == 200
+    assert lines[-1] == "data: [DONE]"
+    assert json.loads(lines[-2][6:])["error"]["type"] == "timeout"
+    wait_until_idle(client)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(limited, client):
+    """Runs last in this module: it stops the server."""
+    wait_until_idle(client)
+    threads, outputs = [], []
+    for _ in range(2):
+        lines, started = [], threading.Event()
+        threads.append(stream_in_background(limited.base_url, chat_body(stream=True, max_tokens=80, ignore_eos=True, temperature=0), lines, started))
+        outputs.append(lines)
+        assert started.wait(60)
+    limited.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert_openai_error(client.post("/v1/chat/completions", json=chat_body(max_tokens=4)), 503)
+    assert client.get("/ready").status_code == 503
+    for t in threads:
+        t.join()
+    for lines in outputs:  # both finished every token, after SIGTERM
+        assert lines[0] == 200 and lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line[6:]) for line in lines[1:-1] if line.startswith("data: ")]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert not any("error" in c for c in chunks)
+    assert limited.process.wait(60) == 0

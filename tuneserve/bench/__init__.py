@@ -1,0 +1,1 @@
+"""Benchmarks: launch real servers, drive load, compare settings."""

@@ -1,0 +1,216 @@
+"""Checks an adapter passes before the engine ever sees it. Each failure is a clear 4xx."""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneserve.artifacts import read_manifest
+from tuneserve.models.facts import safetensors_header
+from tuneserve.server.errors import ClientError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class AdapterError(ClientError):
+    code = "invalid_adapter"
+
+
+class AdapterBaseMismatchError(AdapterError):
+    code = "adapter_base_mismatch"
+
+
+class AdapterPathError(AdapterError):
+    code = "adapter_path_not_allowed"
+
+
+@dataclass(frozen=True)
+class ServedBase:
+    """What an adapter must have been trained on."""
+
+    names: list[str]
+    path: Path
+    fingerprint: str
+    weight_shapes: dict[str, list[int]]  # "model.layers.0.self_attn.q_proj" -> [out, in]
+
+    @property
+    def module_names(self) -> set[str]:
+        """Leaf names of the base's layers (q_proj, down_proj, ...)."""
+        return {path.rsplit(".", 1)[-1] for path in self.weight_shapes}
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    path: Path
+    rank: int
+    target_modules: list[str]
+    base_model: str | None
+
+
+def check_name(name: str, base: ServedBase) -> None:
+    if not SAFE_NAME.match(name or ""):
+        raise AdapterError(
+            f"adapter name {name!r} must be 1-64 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            param="name",
+        )
+    if name in base.names:
+        raise AdapterError(f"adapter name {name!r} is the base model's name", param="name")
+
+
+def resolve_path(path: str, roots: list[Path]) -> Path:
+    """The adapter directory, which must lie under one of `roots` after resolving symlinks and '..'."""
+    if not roots:
+        raise AdapterPathError(
+            "loading adapters at run time is disabled: start the server with --adapter-root DIR", param="path"
+        )
+    raw = Path(path).expanduser()
+    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+    for candidate in candidates:
+        resolved = candidate.resolve()
+        if any(resolved.is_relative_to(root.resolve()) for root in roots):
+            return resolved
+    raise AdapterPathError(f"adapter path {path!r} is outside the allowed adapter roots", param="path")
+
+
+def check_adapter(path: Path, base: ServedBase, max_rank: int, force: bool = False) -> AdapterInfo:
+    """Validate a PEFT LoRA directory against the served base; returns what the engine needs."""
+    if not path.is_dir():
+        raise AdapterError(f"adapter directory {path} does not exist", param="path")
+    config = _read_config(path)
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise AdapterError(f"{path}/adapter_config.json: r must be a positive integer", param="path")
+    if rank > max_rank:
+        raise AdapterError(f"adapter rank {rank} is above this server's --max-lora-rank {max_rank}", param="path")
+    targets = _targets(config, base, path)
+    if config.get("modules_to_save"):
+        raise AdapterError(
+            f"modules_to_save {config['modules_to_save']} cannot be served: vLLM's LoRA applies only "
+            "low-rank deltas to existing layers",
+            param="path",
+        )
+    _check_weights(path, rank, base)
+    if not force:
+        _check_base(path, config, base)
+    return AdapterInfo(path, rank, targets, config.get("base_model_name_or_path"))
+
+
+def _read_config(path: Path) -> dict:
+    config_path = path / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise AdapterError(f"{path} has no adapter_config.json (not a PEFT adapter)", param="path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{config_path} is not valid JSON: {e}", param="path") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise AdapterError(f"{config_path}: peft_type must be LORA", param="path")
+    return config
+
+
+def _targets(config: dict, base: ServedBase, path: Path) -> list[str]:
+    targets = config.get("target_modules")
+    if isinstance(targets, str):  # a regex in PEFT: let the weights file speak for it
+        return [targets]
+    if not isinstance(targets, list) or not targets:
+        raise AdapterError(f"{path}/adapter_config.json: target_modules is missing", param="path")
+    unknown = sorted(set(targets) - base.module_names)
+    if unknown:
+        raise AdapterError(
+            f"target_modules {unknown} are not layers of the served model "
+            f"(it has {', '.join(sorted(base.module_names))})",
+            param="path",
+        )
+    return targets
+
+
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def _check_weights(path: Path, rank: int, base: ServedBase) -> None:
+    """Header, size, pairing, shapes against the base, dtypes and finiteness of every tensor.
+
+    vLLM loads adapters with wrong shapes, missing halves, integer or NaN weights without a
+    word and then serves garbage, so all of it is checked here.
+    """
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise AdapterError(f"{path} has no {WEIGHTS_FILE}", param="path")
+    try:
+        raw, header = safetensors_header(weights)
+    except Exception:
+        raise AdapterError(f"{weights} is not a valid safetensors file", param="path") from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    data_end = max((t["data_offsets"][1] for t in tensors.values()), default=0)
+    if 8 + len(raw) + data_end != weights.stat().st_size:
+        raise AdapterError(f"{weights} is truncated or corrupt (size does not match its header)", param="path")
+    if not tensors:
+        raise AdapterError(f"{weights} holds no tensors", param="path")
+    modules: dict[str, dict[str, list[int]]] = {}
+    for key, t in tensors.items():
+        module, half = _split_key(key, weights)
+        if t["dtype"] not in FLOAT_DTYPES:
+            raise AdapterError(f"{weights}: {key} has dtype {t['dtype']}; LoRA weights must be floating point", param="path")
+        modules.setdefault(module, {})[half] = t["shape"]
+    for module, halves in modules.items():
+        _check_module(module, halves, rank, base, weights)
+    _check_finite(weights)
+
+
+def _split_key(key: str, weights: Path) -> tuple[str, str]:
+    """"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" -> (module path, "A")."""
+    for half in ("A", "B"):
+        marker = f".lora_{half}."
+        if marker in key:
+            return key.split(marker)[0].removeprefix("base_model.model."), half
+    raise AdapterError(f"{weights}: {key} is not a LoRA A/B matrix", param="path")
+
+
+def _check_module(module: str, halves: dict, rank: int, base: ServedBase, weights: Path) -> None:
+    if set(halves) != {"A", "B"}:
+        raise AdapterError(f"{weights}: {module} has lora_{next(iter(halves))} but not its pair", param="path")
+    if module not in base.weight_shapes:
+        raise AdapterError(f"{weights}: {module} is not a layer of the served model", param="path")
+    out_features, in_features = base.weight_shapes[module]
+    a, b = halves["A"], halves["B"]
+    if a[0] != rank or b[-1] != rank:
+        raise AdapterError(f"{weights}: {module} has rank {a[0]}, adapter_config says r={rank}", param="path")
+    if a != [rank, in_features] or b != [out_features, rank]:
+        raise AdapterError(
+            f"{weights}: {module} has A {a} and B {b}; the served model needs A [{rank}, {in_features}] "
+            f"and B [{out_features}, {rank}] (trained for another model?)",
+            param="path",
+        )
+
+
+def _check_finite(weights: Path) -> None:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        for key in f.keys():
+            if not torch.isfinite(f.get_tensor(key)).all():
+                raise AdapterError(f"{weights}: {key} contains NaN or infinite values", param="path")
+
+
+def _check_base(path: Path, config: dict, base: ServedBase) -> None:
+    manifest = read_manifest(path)
+    trained_on = (manifest.base_model.get("sha256") if manifest else None)
+    if trained_on is not None:
+        if trained_on != base.fingerprint:
+            raise AdapterBaseMismatchError(
+                f"adapter was trained on {manifest.base_model.get('name')} (fingerprint {trained_on[:12]}), "
+                f"not the served model (fingerprint {base.fingerprint[:12]}); pass force to load anyway",
+                param="path",
+            )
+        return
+    named = str(config.get("base_model_name_or_path") or "")
+    known = {*base.names, str(base.path), base.path.name}
+    if named and named not in known and Path(named).name not in known:
+        raise AdapterBaseMismatchError(
+            f"adapter was trained on {named!r}, not the served model ({', '.join(base.names)}); "
+            "pass force to load anyway",
+            param="path",
+        )

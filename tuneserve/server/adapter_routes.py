@@ -1,0 +1,85 @@
+"""Adapter admin API (`admin` scope): tuneserve's own routes and vLLM's two, for existing clients."""
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneserve.server.adapter_checks import AdapterError, resolve_path
+from tuneserve.server.adapters import AdapterRegistry
+from tuneserve.server.admission import authorize
+from tuneserve.server.errors import BadRequestError
+
+router = APIRouter()
+
+
+class LoadAdapter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Name clients put in `model`.")
+    path: str = Field(description="Adapter directory, absolute or relative to an adapter root.")
+    force: bool = Field(False, description="Load even if it was trained on another base model.")
+
+
+class VLLMLoadAdapter(BaseModel):
+    lora_name: str
+    lora_path: str
+
+
+class VLLMUnloadAdapter(BaseModel):
+    lora_name: str
+    lora_int_id: int | None = None
+
+
+def registry(raw: Request) -> AdapterRegistry:
+    authorize(raw, "admin")
+    adapters = raw.app.state.serving.adapters
+    if adapters is None:
+        raise BadRequestError("this server runs without LoRA: start it with --adapter or --adapter-root")
+    return adapters
+
+
+def allowed_path(raw: Request, path: str) -> Path:
+    return resolve_path(path, [Path(p) for p in raw.app.state.config.adapter_roots])
+
+
+@router.post("/v1/adapters")
+async def load_adapter(body: LoadAdapter, raw: Request):
+    version = await registry(raw).load(body.name, allowed_path(raw, body.path), body.force)
+    return version.describe()
+
+
+@router.get("/v1/adapters")
+async def list_adapters(raw: Request):
+    adapters = registry(raw)
+    return {
+        "data": [v.describe() for v in adapters.current.values()],
+        "engine_ids": sorted(await adapters.engine.list_loras()),
+    }
+
+
+@router.get("/v1/adapters/{name}")
+async def get_adapter(name: str, raw: Request):
+    return registry(raw).get(name).describe()
+
+
+@router.delete("/v1/adapters/{name}")
+async def delete_adapter(name: str, raw: Request):
+    version = await registry(raw).unload(name)
+    return {"name": name, "version": version.version, "deleted": True}
+
+
+@router.post("/v1/load_lora_adapter")
+async def vllm_load(body: VLLMLoadAdapter, raw: Request):
+    adapters = registry(raw)
+    if body.lora_name in adapters.current:  # vLLM's semantics: this route never replaces
+        raise AdapterError(f"The lora adapter '{body.lora_name}' has already been loaded.", param="lora_name")
+    await adapters.load(body.lora_name, allowed_path(raw, body.lora_path))
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
+
+
+@router.post("/v1/unload_lora_adapter")
+async def vllm_unload(body: VLLMUnloadAdapter, raw: Request):
+    await registry(raw).unload(body.lora_name)
+    return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -1,0 +1,149 @@
+"""API keys and tenants: scopes, allowed models (globs), per-minute request and token limits.
+
+Keys file (YAML):
+    keys:
+      - name: team-a                  # appears in logs instead of the key
+        key: sk-team-a-secret         # or key_sha256: <hex digest of the key>
+        scopes: [inference]           # inference and/or admin
+        models: ["smollm2-*", "team-a-*"]   # globs over base and adapter names (default: all)
+        requests_per_minute: 60       # optional
+        tokens_per_minute: 20000      # optional; prompt + completion tokens
+Keys are compared as sha256 digests in constant time and never logged.
+"""
+
+import collections
+import fnmatch
+import hashlib
+import hmac
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tuneserve.server.errors import ClientError
+
+Scope = Literal["inference", "admin"]
+WINDOW_S = 60.0
+
+
+class AuthError(ClientError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class ForbiddenError(ClientError):
+    status = 403
+    code = "permission_denied"
+
+
+class RateLimitError(ClientError):
+    status = 429
+    type = "rate_limit_exceeded"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.headers["Retry-After"] = str(max(1, int(retry_after_s + 0.999)))
+
+
+class TenantSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    key: str | None = Field(None, min_length=8)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Scope] = Field(default_factory=lambda: ["inference"], min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_key(self):
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"tenant {self.name!r}: give exactly one of key or key_sha256")
+        return self
+
+    @property
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.key_sha256) if self.key_sha256 else _sha256(self.key)
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[TenantSpec] = Field(min_length=1)
+
+
+def _sha256(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+class Tenant:
+    def __init__(self, spec: TenantSpec):
+        self.spec = spec
+        self.name = spec.name
+        self._requests: collections.deque[float] = collections.deque()
+        self._tokens: collections.deque[tuple[float, int]] = collections.deque()
+
+    def require_scope(self, scope: Scope) -> None:
+        if scope not in self.spec.scopes:
+            raise ForbiddenError(f"this API key lacks the {scope!r} scope")
+
+    def may_use(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.spec.models)
+
+    def require_model(self, name: str) -> None:
+        if not self.may_use(name):
+            raise ForbiddenError(f"this API key may not use model {name!r}", param="model")
+
+    def admit(self, now: float | None = None) -> None:
+        """Count one request against the per-minute limits, or raise 429 with Retry-After."""
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        rpm, tpm = self.spec.requests_per_minute, self.spec.tokens_per_minute
+        if rpm is not None and len(self._requests) >= rpm:
+            raise RateLimitError(f"rate limit reached: {rpm} requests per minute", self._requests[0] + WINDOW_S - now)
+        if tpm is not None and sum(n for _, n in self._tokens) >= tpm:
+            raise RateLimitError(f"rate limit reached: {tpm} tokens per minute", self._tokens[0][0] + WINDOW_S - now)
+        self._requests.append(now)
+
+    def charge_tokens(self, num_tokens: int, now: float | None = None) -> None:
+        self._tokens.append((time.monotonic() if now is None else now, num_tokens))
+
+    def _expire(self, now: float) -> None:
+        while self._requests and self._requests[0] <= now - WINDOW_S:
+            self._requests.popleft()
+        while self._tokens and self._tokens[0][0] <= now - WINDOW_S:
+            self._tokens.popleft()
+
+
+class Authenticator:
+    """None of its methods log or return a key."""
+
+    def __init__(self, specs: list[TenantSpec]):
+        self.tenants = [Tenant(s) for s in specs]
+
+    @classmethod
+    def from_settings(cls, api_key: str | None, api_keys_file: Path | None) -> "Authenticator | None":
+        specs = []
+        if api_keys_file is not None:
+            import yaml
+
+            specs += KeysFile.model_validate(yaml.safe_load(Path(api_keys_file).read_text()) or {}).keys
+        if api_key is not None:
+            specs.append(TenantSpec(name="api-key", key=api_key, scopes=["inference", "admin"]))
+        return cls(specs) if specs else None
+
+    def authenticate(self, authorization: str | None) -> Tenant:
+        scheme, _, presented = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        digest = _sha256(presented.strip())
+        found = None
+        for tenant in self.tenants:  # every key is compared, so timing does not reveal which matched
+            if hmac.compare_digest(digest, tenant.spec.digest):
+                found = tenant
+        if found is None:
+            raise AuthError("invalid API key")
+        return found
