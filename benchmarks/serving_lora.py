@@ -104,7 +104,7 @@ def main() -> None:
         spec_single, spec_texts = measure(log_dir, ["--speculative", "ngram:4"], single_stream)
         rows["ngram speculative, repetitive prompts"] = ("1 stream", spec_single)
 
-    print(f"\n| setting | load | output tok/s | ratio |\n|---|---|---|---|")
+    print("\n| setting | load | output tok/s | ratio |\n|---|---|---|---|")
     for name, (load, tps) in rows.items():
         reference = base_single if load == "1 stream" else base_tps
         print(f"| {name} | {load} | {tps:.1f} | {tps / reference:.2f}x |")

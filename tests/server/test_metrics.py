@@ -18,7 +18,9 @@ def test_per_adapter_counters_match_the_requests_sent(http):
     usage = {name: [0, 0] for name in sent}
     for model, count in sent.items():
         for _ in range(count):
-            body = http.post("/v1/chat/completions", json=chat_body(model=model, max_tokens=6, temperature=0)).json()
+            response = http.post("/v1/chat/completions", json=chat_body(model=model, max_tokens=6, temperature=0))
+            assert response.status_code == 200, response.text
+            body = response.json()
             usage[model][0] += body["usage"]["prompt_tokens"]
             usage[model][1] += body["usage"]["completion_tokens"]
     http.post("/v1/chat/completions", json=chat_body(model="dates", max_tokens=0))  # a 400, not counted as 200

@@ -1,5 +1,6 @@
 """`tuneserve serve` as a child process: started, waited for, stopped. Used by tests and benchmarks."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -37,7 +38,8 @@ def start_server(log_dir: Path, *args: str, env: dict | None = None) -> ServerPr
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
     cmd = [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # Its own process group, so that a forced stop also takes vLLM's engine processes.
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -54,7 +56,10 @@ def start_server(log_dir: Path, *args: str, env: dict | None = None) -> ServerPr
 
 
 def stop_server(server: ServerProcess, timeout_s: float = 90) -> int:
-    """SIGTERM (which drains), then SIGKILL if it does not exit in time; returns the exit code."""
+    """SIGTERM (which drains), then SIGKILL to the whole group if it does not exit in time.
+
+    Returns the server's exit code. Engine processes left behind are killed either way.
+    """
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
@@ -62,4 +67,6 @@ def stop_server(server: ServerProcess, timeout_s: float = 90) -> int:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.process.pid, signal.SIGKILL)
     return server.process.returncode

@@ -107,6 +107,7 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
         "global_step": trainer.state.global_step,
         "resumed_from_step": resumed_from,
         "train_seconds": round(time.monotonic() - run.started_s, 1),
+        "seconds_per_step": round(result.metrics["train_runtime"] / max(1, trainer.state.global_step - (resumed_from or 0)), 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     eval_logs = [log for log in trainer.state.log_history if "eval_loss" in log]

@@ -1,20 +1,38 @@
-"""Fold a LoRA adapter into its base: a plain checkpoint that any engine loads without LoRA."""
+"""A base model with a LoRA adapter on top, and the two folded into one checkpoint."""
 
-import json
 from pathlib import Path
 
 
-def adapter_rank(adapter_dir: Path) -> int:
-    return int(json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("r", 16))
-
-
-def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str = "bfloat16") -> None:
-    """Write base + adapter, merged, as a full checkpoint (with tokenizer) into `out_dir`."""
+def load_with_adapter(base_dir: Path, adapter_dir: Path, quantization: dict | None = None, dequantize: bool = False):
+    """bf16 base (or 4-bit with `quantization`, the recipe's bnb_4bit_* settings; then
+    dequantized back to bf16 with `dequantize`) with the adapter applied, in eval mode."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, dtype))
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    from tuneserve.models.training import quantization_config
+
+    kwargs: dict = {"dtype": torch.bfloat16}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization_config(
+            quantization.get("bnb_4bit_quant_type", "nf4"),
+            quantization.get("bnb_4bit_use_double_quant", True),
+            quantization.get("bnb_4bit_compute_dtype", "bfloat16"),
+        )
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    if quantization is not None and dequantize:
+        model = model.dequantize().to(torch.bfloat16)
+    return PeftModel.from_pretrained(model, adapter_dir).eval()
+
+
+def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, quantization: dict | None = None) -> None:
+    """Write base + adapter, merged, as a full bf16 checkpoint (with tokenizer) into `out_dir`.
+
+    With `quantization`, the base is first quantized as in QLoRA training and dequantized, so the
+    adapter lands on the weights it was trained against.
+    """
+    from transformers import AutoTokenizer
+
+    merged = load_with_adapter(base_dir, adapter_dir, quantization, dequantize=True).merge_and_unload()
     merged.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)

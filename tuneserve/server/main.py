@@ -55,7 +55,10 @@ async def _serve(config: ServeConfig, model_dir: Path, auth) -> None:
             max_model_len=engine.model_config.max_model_len, max_tokens_cap=config.max_tokens_cap,
         )
         app = create_app(config, engine, AutoTokenizer.from_pretrained(model_dir), model, adapters, auth)
-        uvicorn_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level)
+        # The drain already waited for requests; past it, uvicorn must not wait on open sockets.
+        uvicorn_config = uvicorn.Config(
+            app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5
+        )
         server = DrainingServer(uvicorn_config, app.state.admission, config.drain_timeout_s)
         logger.info("serving %s at http://%s:%d/v1", ", ".join(model.names), config.host, config.port)
         await server.serve()
@@ -82,5 +85,8 @@ class DrainingServer(uvicorn.Server):
     async def _drain_then_exit(self):
         logger.info("SIGTERM: draining %d in-flight requests", self.admission.num_in_flight)
         is_drained = await self.admission.drain(self.drain_timeout_s)
-        logger.info("drained" if is_drained else "drain timed out after %.0f s; stopping", self.drain_timeout_s)
+        if is_drained:
+            logger.info("drained")
+        else:
+            logger.warning("drain timed out after %.0f s; stopping anyway", self.drain_timeout_s)
         self.should_exit = True

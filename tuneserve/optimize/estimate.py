@@ -1,0 +1,76 @@
+"""Memory estimates: weights by the usual rule of thumb, plus the KV cache; optionally measured.
+
+Weights: M = P x 4 bytes / (32 / Q) x 1.2  (P parameters, Q bits; 1.2 for runtime overhead).
+KV cache: 2 (K and V) x layers x KV heads x head dim x bytes per value x tokens (context x batch).
+"""
+
+import gc
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tuneserve.models.facts import ModelFacts
+
+OVERHEAD = 1.2
+GIB = 1 << 30
+BITS = (32, 16, 8, 4)
+
+
+@dataclass
+class MemoryEstimate:
+    bits: int
+    weights_gib: float
+    kv_cache_gib: float
+    total_gib: float
+    measured_weights_gib: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def weights_bytes(num_params: int, bits: int) -> float:
+    return num_params * 4 / (32 / bits) * OVERHEAD
+
+
+def kv_cache_bytes(facts: ModelFacts, context: int, batch: int, kv_bits: int = 16) -> float:
+    return 2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * (kv_bits / 8) * context * batch
+
+
+def estimate(facts: ModelFacts, bits: int, context: int, batch: int) -> MemoryEstimate:
+    """KV cache at 16 bits whatever the weight bits (vLLM's default cache dtype)."""
+    weights = weights_bytes(facts.num_params, bits) / GIB
+    kv = kv_cache_bytes(facts, context, batch) / GIB
+    return MemoryEstimate(bits, round(weights, 4), round(kv, 4), round(weights + kv, 4))
+
+
+def measure_weights_gib(model_dir: Path, bits: int) -> float:
+    """Bytes the loaded model's parameters and buffers occupy at `bits` (bitsandbytes for 8/4)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict = {"dtype": torch.float32 if bits == 32 else torch.bfloat16}
+    if bits == 8:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    elif bits == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    num_bytes = model.get_memory_footprint()
+    del model
+    gc.collect()
+    return round(num_bytes / GIB, 4)
+
+
+def run_estimate(model: str | None = None, bits: list[int] | None = None, context: int = 2048, batch: int = 1, measure: bool = False) -> list[MemoryEstimate]:
+    """`tuneserve optimize estimate`: one row per bit width, measured too with `measure`."""
+    from tuneserve.models import model_facts, resolve_model
+
+    model_dir = resolve_model(model)
+    facts = model_facts(model_dir)
+    rows = []
+    for b in bits or BITS:
+        if b not in BITS:
+            raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, got {b}")
+        row = estimate(facts, b, context, batch)
+        if measure:
+            row.measured_weights_gib = measure_weights_gib(model_dir, b)
+        rows.append(row)
+    return rows

@@ -1,0 +1,113 @@
+"""Fold a LoRA/QLoRA adapter into a full bf16 model, and report how faithful the result is."""
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, write_manifest
+from tuneserve.optimize.errors import OptimizeError
+
+MergeMode = Literal["dequantized", "original"]
+PARITY_PROMPTS = [
+    "What is the capital of France?",
+    "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only.",
+    "Convert 7 km to meters. Answer with the number only.",
+    'Extract the person\'s name and age as JSON with keys "name" and "age": Lena, aged 33, works as a pilot in Oslo.',
+    "Write one sentence about the sea.",
+    "What is 451 + 372? Answer with the number only.",
+]
+NUM_GREEDY_TOKENS = 32
+
+
+def run_merge(adapter: str, out: str, base: str | None = None, mode: MergeMode | None = None, overwrite: bool = False) -> Path:
+    """`tuneserve optimize merge`: adapter + base -> a plain checkpoint in `out`, with parity metrics.
+
+    QLoRA adapters default to mode "dequantized": the 4-bit base they were trained against is
+    dequantized to bf16 first, so the merged weights are the ones the adapter learned on.
+    "original" merges into the original bf16 weights instead.
+    """
+    adapter_dir, recipe, base_dir = _inputs(adapter, base)
+    is_qlora = recipe.get("adapter") == "qlora"
+    mode = mode or ("dequantized" if is_qlora else "original")
+    if mode == "dequantized" and not is_qlora:
+        raise OptimizeError("--mode dequantized applies to QLoRA adapters; this adapter was trained on a bf16 base")
+    if Path(out).exists() and not overwrite:
+        raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
+    from transformers import AutoTokenizer
+
+    from tuneserve.models.merge import load_with_adapter, merge_lora
+
+    with atomic_artifact(out, overwrite=overwrite) as tmp:
+        merge_lora(base_dir, adapter_dir, tmp, quantization=recipe if mode == "dequantized" else None)
+        # the reference is what training saw: the adapter on the (4-bit, for QLoRA) base, unmerged
+        reference = load_with_adapter(base_dir, adapter_dir, quantization=recipe if is_qlora else None)
+        parity = compare(reference, _load_plain(tmp), AutoTokenizer.from_pretrained(base_dir))
+        write_manifest(tmp, Manifest(
+            kind="model",
+            base_model=_base_identity(adapter_dir, base_dir),
+            recipe={"merge": {"adapter": str(adapter_dir), "mode": mode, "adapter_recipe": recipe}},
+            metrics={"parity": parity},
+            parents=[str(adapter_dir), str(base_dir)],
+        ))
+    return Path(out)
+
+
+def _inputs(adapter: str, base: str | None) -> tuple[Path, dict, Path]:
+    from tuneserve.models import model_fingerprint, resolve_model
+
+    adapter_dir = Path(adapter).expanduser()
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise OptimizeError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    manifest = read_manifest(adapter_dir)
+    trained_on = manifest.base_model if manifest else {}
+    base_ref = base or trained_on.get("name") or json.loads(config_path.read_text()).get("base_model_name_or_path")
+    if not base_ref:
+        raise OptimizeError(f"{adapter}: no base model recorded; pass --base")
+    base_dir = resolve_model(base_ref)
+    if trained_on.get("sha256") and trained_on["sha256"] != model_fingerprint(base_dir):
+        raise OptimizeError(
+            f"adapter/base mismatch: {adapter} was trained on {trained_on.get('name')} "
+            f"(fingerprint {trained_on['sha256'][:12]}), not {base_ref}"
+        )
+    return adapter_dir, (manifest.recipe if manifest else {}), base_dir
+
+
+def _base_identity(adapter_dir: Path, base_dir: Path) -> dict:
+    from tuneserve.models import model_fingerprint
+
+    manifest = read_manifest(adapter_dir)
+    name = manifest.base_model.get("name") if manifest else base_dir.name
+    return {"name": name, "path": str(base_dir), "sha256": model_fingerprint(base_dir)}
+
+
+def _load_plain(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+
+
+def compare(reference, candidate, tokenizer, prompts: list[str] = PARITY_PROMPTS) -> dict:
+    """Logit differences over every prompt position, and greedy agreement over NUM_GREEDY_TOKENS."""
+    import torch
+
+    max_diff, sum_diff, num_values, num_same = 0.0, 0.0, 0, 0
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            diff = (reference(ids).logits.float() - candidate(ids).logits.float()).abs()
+            greedy = [
+                m.generate(ids, max_new_tokens=NUM_GREEDY_TOKENS, do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:].tolist()
+                for m in (reference, candidate)
+            ]
+        max_diff = max(max_diff, diff.max().item())
+        sum_diff, num_values = sum_diff + diff.sum().item(), num_values + diff.numel()
+        num_same += greedy[0] == greedy[1]
+    return {
+        "max_abs_logit_diff": round(max_diff, 4),
+        "mean_abs_logit_diff": round(sum_diff / num_values, 5),
+        "greedy_agreement": num_same / len(prompts),
+        "num_prompts": len(prompts),
+    }
