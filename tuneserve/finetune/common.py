@@ -101,8 +101,12 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
     resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
+    from tuneserve.finetune.memory import PeakMemory
+
+    memory = PeakMemory()
+    trainer.add_callback(memory)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    run.metrics |= {
+    run.metrics |= memory.metrics() | {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "resumed_from_step": resumed_from,

@@ -144,20 +144,49 @@ def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | Non
     return summarize(scores)
 
 
-async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleScore]:
-    from transformers import AutoTokenizer
-
+def _start_engine(model_dir: Path):
     from tuneserve.server.config import ServeConfig
     from tuneserve.server.engine import build_engine
 
-    config = ServeConfig(model=str(model_dir), max_model_len=1024, kv_cache_gib=1, log_level="warning")
-    engine = build_engine(config, model_dir)
+    return build_engine(ServeConfig(model=str(model_dir), max_model_len=1024, kv_cache_gib=1, log_level="warning"), model_dir)
+
+
+async def greedy_answers(model_dir: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """The model's greedy continuation (token ids, end-of-turn included) of each prompt."""
+    from vllm import SamplingParams
+
+    from tuneserve.server.engine import tokens_prompt
+
+    engine = _start_engine(model_dir)
+
+    async def one(ids: list[int]) -> list[int]:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0)
+        async for out in engine.generate(tokens_prompt(ids), params, uuid.uuid4().hex):
+            last = out
+        return list(last.outputs[0].token_ids)
+
+    try:
+        return list(await asyncio.gather(*(one(ids) for ids in prompts)))
+    finally:
+        engine.shutdown()
+        engine = None  # AsyncLLM.__del__ fails noisily if it runs at interpreter exit
+
+
+async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleScore]:
+    from transformers import AutoTokenizer
+
+    engine = _start_engine(model_dir)
     try:
         scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir))
         return list(await asyncio.gather(*(scorer.score(s) for s in samples)))
     finally:
         engine.shutdown()
         scorer = engine = None  # AsyncLLM.__del__ fails noisily if it runs at interpreter exit
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 class _Scorer:
@@ -176,8 +205,7 @@ class _Scorer:
         return SampleScore(sample.task, is_exact_match(output, sample.answer), answer_logprob, num_tokens, rejected)
 
     def _template(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        return prompt_ids(self.tokenizer, messages, add_generation_prompt)
 
     async def _run(self, prompt_ids: list[int], params: Any) -> Any:
         from tuneserve.server.engine import tokens_prompt

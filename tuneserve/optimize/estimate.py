@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tuneserve.models.facts import ModelFacts
+from tuneserve.optimize.errors import OptimizeError
 
 OVERHEAD = 1.2
 GIB = 1 << 30
@@ -68,7 +69,7 @@ def run_estimate(model: str | None = None, bits: list[int] | None = None, contex
     rows = []
     for b in bits or BITS:
         if b not in BITS:
-            raise ValueError(f"bits must be one of {', '.join(map(str, BITS))}, got {b}")
+            raise OptimizeError(f"--bits must be one of {', '.join(map(str, BITS))}, got {b}")
         row = estimate(facts, b, context, batch)
         if measure:
             row.measured_weights_gib = measure_weights_gib(model_dir, b)

@@ -1,0 +1,71 @@
+"""Distillation into a layer-dropped student that works as the teacher's draft model."""
+
+import openai
+import pytest
+import torch
+
+from tests.conftest import start_server
+from tuneserve.artifacts import read_manifest
+from tuneserve.bench.server_process import stop_server
+from tuneserve.optimize import OptimizeError, run_distill
+from tuneserve.optimize.distill import distill_loss, student_layers
+
+PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "Name three colors."]
+
+
+def test_student_layers_are_evenly_spaced_with_first_and_last():
+    assert student_layers(30, 8) == [0, 4, 8, 12, 17, 21, 25, 29]
+    assert student_layers(30, 2) == [0, 29]
+    with pytest.raises(OptimizeError, match="between 1 and 29"):
+        student_layers(30, 30)
+
+
+def test_distill_loss_is_zero_only_when_the_distributions_match():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 5, 11)
+    labels = torch.tensor([[1, 2, -100, 3, 4], [5, -100, -100, 6, 7]])
+    assert distill_loss(teacher.clone(), teacher, labels, temperature=2.0, alpha=1.0).item() == pytest.approx(0, abs=1e-6)
+    assert distill_loss(teacher + torch.randn(2, 5, 11), teacher, labels, 2.0, 1.0).item() > 0.1
+    masked = teacher.clone()
+    masked[0, 2] += 100  # a padding position: ignored
+    assert distill_loss(masked, teacher, labels, 2.0, 1.0).item() == pytest.approx(0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distill") / "student"
+    return run_distill(None, str(out), data="all", student_layers_count=8, steps=30, batch_size=8, eval_samples=10)
+
+
+def test_distilled_student_beats_the_untrained_student(student):
+    metrics = read_manifest(student).metrics
+    before, after = metrics["eval_student_before"]["perplexity"], metrics["eval_student_after"]["perplexity"]
+    print(f"perplexity: teacher {metrics['eval_teacher']['perplexity']:.2f}, student {before:.2f} -> {after:.2f}")
+    assert after < before
+    assert metrics["distill_loss_last"] < metrics["distill_loss_first"]
+    assert read_manifest(student).recipe["distill"]["num_params"] < 0.6 * 134_515_008
+
+
+def test_speculative_decoding_with_the_student_keeps_greedy_output(student, openai_client, tmp_path):
+    expected = [_greedy(openai_client, "smollm2-135m-instruct", p) for p in PROMPTS]
+    server = start_server(tmp_path, "--speculative", f"draft:{student}:3")
+    try:
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        assert [_greedy(client, "smollm2-135m-instruct", p) for p in PROMPTS] == expected
+    finally:
+        stop_server(server)
+
+
+def _greedy(client, model, prompt):
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=40)
+    return reply.choices[0].message.content
+
+
+def test_bad_inputs_are_refused(tmp_path):
+    with pytest.raises(OptimizeError, match="exactly one of --student-layers N or --student REF"):
+        run_distill(None, str(tmp_path / "a"))
+    with pytest.raises(OptimizeError, match="unknown demo task"):
+        run_distill(None, str(tmp_path / "a"), data="poetry", student_layers_count=4)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(OptimizeError, match="--overwrite"):
+        run_distill(None, str(tmp_path / "exists"), student_layers_count=4)

@@ -1,0 +1,42 @@
+"""Memory estimates: the formula on hand-computed numbers, and measured weights beside it."""
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneserve.cli import app
+from tuneserve.optimize import OptimizeError, run_estimate
+
+GIB = 1 << 30
+SMOLLM2_PARAMS = 134_515_008  # stored tensor elements of the imported checkpoint (lm_head is tied)
+
+
+def test_formula_matches_hand_computation():
+    rows = {r.bits: r for r in run_estimate(context=2048, batch=1)}
+    assert rows[16].weights_gib == pytest.approx(SMOLLM2_PARAMS * 2 * 1.2 / GIB, abs=1e-4)
+    assert rows[4].weights_gib == pytest.approx(SMOLLM2_PARAMS * 0.5 * 1.2 / GIB, abs=1e-4)
+    # K and V x 30 layers x 3 KV heads x 64 dims x 2 bytes = 23,040 bytes per token
+    assert rows[32].kv_cache_gib == pytest.approx(23_040 * 2048 / GIB, abs=1e-4)
+    assert rows[32].total_gib == pytest.approx(rows[32].weights_gib + rows[32].kv_cache_gib, abs=1e-3)
+    (big,) = run_estimate(bits=[16], context=4096, batch=8)
+    assert big.kv_cache_gib == pytest.approx(rows[16].kv_cache_gib * 16, rel=1e-3)
+
+
+def test_measured_weights_sit_below_the_estimate_that_adds_20_percent():
+    rows = {r.bits: r for r in run_estimate(bits=[16, 4], measure=True)}
+    assert rows[16].measured_weights_gib == pytest.approx(SMOLLM2_PARAMS * 2 / GIB, rel=0.01)
+    assert rows[4].measured_weights_gib < rows[16].measured_weights_gib / 2  # embeddings stay 16-bit
+    for r in rows.values():
+        assert r.measured_weights_gib < r.weights_gib
+
+
+def test_bad_bits_are_refused():
+    with pytest.raises(OptimizeError, match="--bits must be one of 32, 16, 8, 4"):
+        run_estimate(bits=[3])
+    result = CliRunner().invoke(app, ["optimize", "estimate", "--bits", "3"])
+    assert result.exit_code == 2 and "--bits must be one of" in result.output
+
+
+def test_cli_prints_a_row_per_width():
+    result = CliRunner().invoke(app, ["optimize", "estimate", "--context", "1024"])
+    assert result.exit_code == 0, result.output
+    assert all(f"│ {b} " in result.output for b in (32, 16, 8, 4))

@@ -1,0 +1,147 @@
+"""GPTQ W4A16 and SmoothQuant+GPTQ W8A8 with llm-compressor -> compressed-tensors that vLLM loads.
+
+Also reports what it cost and saved: size on disk, perplexity and demo-task accuracy before and
+after (both scored by vLLM on the same held-out samples).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.optimize.errors import OptimizeError
+
+Scheme = Literal["w4a16", "w8a8"]
+GROUP_SIZES = (128, 64, 32)
+MIN_CALIBRATION_SAMPLES = 16
+QUANTIZE_PYTHON_ENV = "TUNESERVE_QUANTIZE_PYTHON"
+
+
+def group_size_for(facts) -> int:
+    """The largest usual group size dividing every linear layer's input size (SmolLM2: 576 -> 64)."""
+    in_features = [facts.hidden_size, facts.intermediate_size or facts.hidden_size, facts.num_heads * facts.head_dim]
+    for size in GROUP_SIZES:
+        if all(n % size == 0 for n in in_features):
+            return size
+    raise OptimizeError(
+        f"no group size in {GROUP_SIZES} divides the layer input sizes {sorted(set(in_features))}; "
+        "GPTQ W4A16 needs one (try --scheme w8a8, which quantizes per channel)"
+    )
+
+
+def quantize_python() -> Path:
+    """The interpreter of the environment that has llm-compressor (see `make quantize-env`)."""
+    configured = os.environ.get(QUANTIZE_PYTHON_ENV)
+    if configured:
+        return Path(configured)
+    try:  # an image built with llm-compressor beside vLLM needs no second environment
+        import importlib.util
+
+        if importlib.util.find_spec("llmcompressor") is not None:
+            return Path(sys.executable)
+    except ValueError:
+        pass
+    return Path(sys.prefix).parent / ".venv-quantize" / "bin" / "python"
+
+
+def calibration_texts(model_dir: Path, calibration: str, num_samples: int) -> list[str]:
+    """Chat-formatted prompt + answer texts from a demo task (or `all`) or a JSONL file."""
+    from transformers import AutoTokenizer
+
+    from tuneserve.finetune.data import DataError, file_rows
+    from tuneserve.finetune.demo import demo_samples, task_names
+    from tuneserve.finetune.recipe import DatasetSpec
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if Path(calibration).suffix == ".jsonl":
+        try:
+            rows = file_rows(DatasetSpec(path=calibration, type=_guess_type(calibration)))
+        except DataError as e:
+            raise OptimizeError(str(e)) from None
+        chats = [row["prompt"] + row["completion"] if "completion" in row else row for row in rows]
+    else:
+        try:
+            names = task_names(calibration)
+        except ValueError as e:
+            raise OptimizeError(str(e)) from None
+        samples = [s for name in names for s in demo_samples(name, "train")]
+        chats = [[{"role": "user", "content": s.prompt}, {"role": "assistant", "content": s.answer}] for s in samples]
+    texts = [c["text"] if isinstance(c, dict) else tokenizer.apply_chat_template(c, tokenize=False) for c in chats]
+    if len(texts) < max(num_samples, MIN_CALIBRATION_SAMPLES):
+        raise OptimizeError(
+            f"too few calibration samples: {calibration} has {len(texts)}, "
+            f"--samples asks for {num_samples} (at least {MIN_CALIBRATION_SAMPLES})"
+        )
+    step = len(texts) // num_samples  # spread over every task, not the first one only
+    return texts[::step][:num_samples]
+
+
+def _guess_type(path: str) -> str:
+    with open(path) as f:
+        first = json.loads(next((line for line in f if line.strip()), "{}"))
+    return "messages" if "messages" in first else "alpaca" if "instruction" in first else "text"
+
+
+def run_quantize(
+    model: str | None,
+    out: str,
+    scheme: Scheme = "w4a16",
+    calibration: str = "all",
+    samples: int = 128,
+    eval_samples: int = 50,
+    overwrite: bool = False,
+) -> Path:
+    """`tuneserve optimize quantize`: quantize, evaluate before/after, write the artifact."""
+    from tuneserve.models import model_facts, model_fingerprint, resolve_model
+
+    if samples < MIN_CALIBRATION_SAMPLES:
+        raise OptimizeError(f"--samples {samples}: too few calibration samples (at least {MIN_CALIBRATION_SAMPLES})")
+    if Path(out).exists() and not overwrite:
+        raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
+    model_dir = resolve_model(model)
+    facts = model_facts(model_dir)
+    group_size = group_size_for(facts) if scheme == "w4a16" else None
+    texts = calibration_texts(model_dir, calibration, samples)
+    python = quantize_python()
+    if not python.exists():
+        raise OptimizeError(f"no llm-compressor environment at {python}: run `make quantize-env` (or set {QUANTIZE_PYTHON_ENV})")
+    with atomic_artifact(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory() as work:
+        calibration_file = Path(work) / "calibration.jsonl"
+        calibration_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        _run_worker(python, model_dir, tmp, scheme, calibration_file, len(texts), group_size)
+        metrics = _quality_and_size(model_dir, tmp, eval_samples)
+        write_manifest(tmp, Manifest(
+            kind="quantized-model",
+            base_model={"name": model or model_dir.name, "path": str(model_dir), "sha256": model_fingerprint(model_dir)},
+            recipe={"quantize": {"scheme": scheme, "group_size": group_size, "calibration": calibration, "samples": len(texts), "tool": "llm-compressor GPTQ" + (" + SmoothQuant" if scheme == "w8a8" else "")}},
+            metrics=metrics,
+            parents=[str(model_dir)],
+        ))
+    return Path(out)
+
+
+def _run_worker(python: Path, model_dir: Path, out: Path, scheme: str, calibration: Path, samples: int, group_size: int | None) -> None:
+    cmd = [str(python), "-m", "tuneserve.optimize.quantize_worker", "--model", str(model_dir), "--out", str(out),
+           "--scheme", scheme, "--calibration", str(calibration), "--samples", str(samples)]
+    if group_size:
+        cmd += ["--group-size", str(group_size)]
+    result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # its progress bars go to our stdout
+    if result.returncode != 0:
+        raise OptimizeError(f"llm-compressor failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+
+
+def _quality_and_size(model_dir: Path, quantized_dir: Path, eval_samples: int) -> dict:
+    from tuneserve.finetune.evaluate import evaluate, load_eval_samples
+
+    sizes = {name: sum(p.stat().st_size for p in d.glob("*.safetensors")) for name, d in (("before", model_dir), ("after", quantized_dir))}
+    metrics: dict = {"weights_bytes_before": sizes["before"], "weights_bytes_after": sizes["after"],
+                     "size_ratio": round(sizes["after"] / sizes["before"], 3)}
+    if eval_samples:
+        samples = load_eval_samples("all", num_samples=eval_samples)
+        metrics["eval_before"] = evaluate(model_dir, samples)
+        metrics["eval_after"] = evaluate(quantized_dir, samples)
+    return metrics
