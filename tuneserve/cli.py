@@ -166,40 +166,26 @@ def print_eval(results: dict, before: dict | None = None) -> None:
     console.print(table)
 
 
-@finetune_app.command("sft")
-def finetune_sft(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
-    """Supervised finetuning (LoRA, QLoRA or full).
-
-    Example: tuneserve finetune sft examples/recipes/qlora-demo.yaml --set max_steps=20
-    """
-    _finetune("sft", recipe, set_, output_dir, resume, overwrite)
-
-
-@finetune_app.command("dpo")
-def finetune_dpo(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
-    """Direct preference optimization on prompt/chosen/rejected data.
-
-    Example: tuneserve finetune dpo examples/recipes/dpo-demo.yaml
-    """
-    _finetune("dpo", recipe, set_, output_dir, resume, overwrite)
+FINETUNE_HELP = {
+    "sft": ("Supervised finetuning (LoRA, QLoRA or full).", "qlora-demo.yaml --set max_steps=20"),
+    "dpo": ("Direct preference optimization on prompt/chosen/rejected data.", "dpo-demo.yaml"),
+    "orpo": ("Odds-ratio preference optimization (no reference model).", "orpo-demo.yaml"),
+    "reward": ("Reward model (one-logit head + LoRA) on preference data.", "reward-demo.yaml"),
+}
 
 
-@finetune_app.command("orpo")
-def finetune_orpo(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
-    """Odds-ratio preference optimization (no reference model).
+def _finetune_command(method: str):
+    summary, example = FINETUNE_HELP[method]
 
-    Example: tuneserve finetune orpo examples/recipes/orpo-demo.yaml
-    """
-    _finetune("orpo", recipe, set_, output_dir, resume, overwrite)
+    def command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
+        _finetune(method, recipe, set_, output_dir, resume, overwrite)
+
+    command.__doc__ = f"{summary}\n\n    Example: tuneserve finetune {method} examples/recipes/{example}\n    "
+    finetune_app.command(method)(command)
 
 
-@finetune_app.command("reward")
-def finetune_reward(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
-    """Reward model (one-logit head + LoRA) on preference data.
-
-    Example: tuneserve finetune reward examples/recipes/reward-demo.yaml
-    """
-    _finetune("reward", recipe, set_, output_dir, resume, overwrite)
+for _method in FINETUNE_HELP:
+    _finetune_command(_method)
 
 
 @finetune_app.command("eval")
@@ -332,15 +318,17 @@ def optimize_estimate(
 ):
     """Memory: weights (P x 4 bytes / (32/Q) x 1.2) plus KV cache; measured with --measure.
 
+    The "16-bit embeddings" column keeps the embeddings unquantized, as quantizers do.
+
     Example: tuneserve optimize estimate --context 4096 --batch 8 --measure
     """
     from tuneserve.optimize import run_estimate
 
     rows = _optimize(run_estimate, model, bits, context, batch, measure)
-    table = Table("bits", "weights GiB (est.)", "KV cache GiB", "total GiB", "weights GiB (measured)")
+    table = Table("bits", "weights GiB (rule)", "KV cache GiB", "total GiB", "weights GiB (16-bit embeddings)", "weights GiB (measured)")
     for r in rows:
         measured = "-" if r.measured_weights_gib is None else f"{r.measured_weights_gib:.3f}"
-        table.add_row(str(r.bits), f"{r.weights_gib:.3f}", f"{r.kv_cache_gib:.3f}", f"{r.total_gib:.3f}", measured)
+        table.add_row(str(r.bits), f"{r.weights_gib:.3f}", f"{r.kv_cache_gib:.3f}", f"{r.total_gib:.3f}", f"{r.layered_gib:.3f}", measured)
     console.print(table)
 
 

@@ -46,14 +46,21 @@ def test_distilled_student_beats_the_untrained_student(student):
     assert read_manifest(student).recipe["distill"]["num_params"] < 0.6 * 134_515_008
 
 
-def test_speculative_decoding_with_the_student_keeps_greedy_output(student, openai_client, tmp_path):
-    expected = [_greedy(openai_client, "smollm2-135m-instruct", p) for p in PROMPTS]
-    server = start_server(tmp_path, "--speculative", f"draft:{student}:3")
-    try:
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-        assert [_greedy(client, "smollm2-135m-instruct", p) for p in PROMPTS] == expected
-    finally:
-        stop_server(server)
+def test_speculative_decoding_with_the_student_keeps_greedy_output(student, tmp_path):
+    # float32 on both sides: in bf16 the verification pass (several tokens at once) and plain
+    # decoding (one token) round differently, and on a near-tie that flips a greedy token (seen in
+    # CI on the open-ended "sea" prompt). That is arithmetic noise, not speculative decoding.
+    outputs = []
+    for extra in ([], ["--speculative", f"draft:{student}:3"]):
+        server = start_server(tmp_path, "--dtype", "float32", *extra)
+        try:
+            client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+            outputs.append([_greedy(client, "smollm2-135m-instruct", p) for p in PROMPTS])
+        finally:
+            stop_server(server)
+    print(outputs[0])
+    assert outputs[1] == outputs[0]
+    assert "Paris" in outputs[0][0]
 
 
 def _greedy(client, model, prompt):

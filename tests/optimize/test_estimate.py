@@ -21,12 +21,21 @@ def test_formula_matches_hand_computation():
     assert big.kv_cache_gib == pytest.approx(rows[16].kv_cache_gib * 16, rel=1e-3)
 
 
-def test_measured_weights_sit_below_the_estimate_that_adds_20_percent():
+def test_layered_estimate_keeps_embeddings_at_16_bits():
+    rows = {r.bits: r for r in run_estimate(context=2048, batch=1)}
+    embedding = 49152 * 576  # tied with lm_head: stored once
+    assert rows[16].layered_gib == pytest.approx(SMOLLM2_PARAMS * 2 / GIB, abs=1e-4)
+    assert rows[4].layered_gib == pytest.approx((embedding * 2 + (SMOLLM2_PARAMS - embedding) * 0.5) / GIB, abs=1e-4)
+    assert rows[4].layered_gib > rows[4].weights_gib  # the rule of thumb undercounts this model at 4 bits
+
+
+def test_measured_weights_match_the_layered_estimate():
     rows = {r.bits: r for r in run_estimate(bits=[16, 4], measure=True)}
-    assert rows[16].measured_weights_gib == pytest.approx(SMOLLM2_PARAMS * 2 / GIB, rel=0.01)
-    assert rows[4].measured_weights_gib < rows[16].measured_weights_gib / 2  # embeddings stay 16-bit
+    print({b: (r.weights_gib, r.layered_gib, r.measured_weights_gib) for b, r in rows.items()})
+    assert rows[16].measured_weights_gib < rows[16].weights_gib  # the 20% is headroom at 16 bits
     for r in rows.values():
-        assert r.measured_weights_gib < r.weights_gib
+        # norms stay 16-bit too, but they are 0.01% of the parameters
+        assert r.measured_weights_gib == pytest.approx(r.layered_gib, rel=0.03)
 
 
 def test_bad_bits_are_refused():

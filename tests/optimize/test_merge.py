@@ -11,18 +11,20 @@ from tuneserve.finetune import run_sft
 from tuneserve.finetune.recipe import Recipe
 from tuneserve.optimize import OptimizeError, run_merge
 
-# Measured on the committed dates adapter: max |logit diff| 0.19, mean 0.012 (bf16 rounding of
-# W + BA, ~0.4% of the logit range). 1.0 leaves room for other prompts, far below the gap
-# between the top two logits that would flip a greedy choice on these prompts.
-MAX_LOGIT_DIFF = 1.0
-MEAN_LOGIT_DIFF = 0.05
+# Both sides run in float32, so what differs is only the merge's one rounding of W + BA to bf16.
+# Measured on the committed dates adapter (2026-11-25): max |logit diff| 0.21, mean 0.021 over
+# prompt + answer positions, every greedy token and answer identical. The thresholds leave ~3x
+# room; a wrong merge (scale, transposition, a missed module) moves logits by whole units (the
+# QLoRA test below shows 3.5 mean when merging into the wrong base).
+MAX_LOGIT_DIFF = 0.6
+MEAN_LOGIT_DIFF = 0.06
 
 
 def test_lora_merge_matches_base_plus_adapter(tmp_path):
     out = run_merge(str(ADAPTERS["dates"]), str(tmp_path / "merged"))
     parity = read_manifest(out).metrics["parity"]
     print("LoRA merge parity:", parity)
-    assert parity["greedy_agreement"] == 1.0
+    assert parity["greedy_agreement"] == 1.0 and parity["token_agreement"] == 1.0
     assert parity["max_abs_logit_diff"] < MAX_LOGIT_DIFF
     assert parity["mean_abs_logit_diff"] < MEAN_LOGIT_DIFF
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
@@ -40,7 +42,8 @@ def test_qlora_merge_dequantizes_the_4bit_base_first(tmp_path):
     original = read_manifest(run_merge(str(adapter), str(tmp_path / "orig"), mode="original")).metrics["parity"]
     print("QLoRA merge parity, dequantized:", dequantized, "original:", original)
     assert dequantized["mean_abs_logit_diff"] < original["mean_abs_logit_diff"]  # closer to what it trained on
-    assert dequantized["greedy_agreement"] >= original["greedy_agreement"]
+    assert dequantized["token_agreement"] > original["token_agreement"]
+    assert dequantized["token_agreement"] > 0.9
 
 
 def test_adapter_base_mismatch_is_refused(tmp_path):

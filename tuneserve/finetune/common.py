@@ -95,6 +95,29 @@ def trl_args(run: Run, config_cls: type, has_eval: bool, **extra) -> Any:
     )
 
 
+def build_trainer(run: Run, trainer_cls, config_cls, head: str = "causal-lm", **config_extra):
+    """A TRL trainer over the run's model, data and (for LoRA/QLoRA) PEFT config.
+
+    With a PEFT model and no reference model, TRL's DPO scores the reference by switching the
+    adapter off, so no second copy of the model is loaded.
+    """
+    from transformers import AutoTokenizer
+
+    from tuneserve.models.training import load_for_training, lora_config
+
+    r = run.recipe
+    train, val = split(run)
+    peft_task = "SEQ_CLS" if head == "reward" else "CAUSAL_LM"
+    return trainer_cls(
+        model=load_for_training(run.model_dir, r, head=head),
+        args=trl_args(run, config_cls, val is not None, **config_extra),
+        train_dataset=train,
+        eval_dataset=val,
+        processing_class=AutoTokenizer.from_pretrained(run.model_dir),
+        peft_config=lora_config(r, task_type=peft_task) if r.is_peft else None,
+    )
+
+
 def fit(run: Run, trainer: Any, resume: bool) -> None:
     """Train (from the last checkpoint with `resume`) and record steps, loss, time and memory."""
     checkpoint = _last_checkpoint(run.recipe.work_dir()) if resume else None

@@ -2,29 +2,19 @@
 
 from pathlib import Path
 
-from tuneserve.finetune.common import Run, split, train_and_save, trl_args
+from tuneserve.finetune.common import Run, build_trainer, train_and_save
 from tuneserve.finetune.recipe import Recipe
-from tuneserve.models.training import load_for_training, lora_config
+from tuneserve.models.training import load_for_training
 
 
 def run_reward(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
-    return train_and_save(recipe, build_trainer, resume, overwrite, kind="reward-model", evaluate=pair_accuracy)
+    return train_and_save(recipe, reward_trainer, resume, overwrite, kind="reward-model", evaluate=pair_accuracy)
 
 
-def build_trainer(run: Run):
-    from transformers import AutoTokenizer
+def reward_trainer(run: Run):
     from trl import RewardConfig, RewardTrainer
 
-    r = run.recipe
-    train, val = split(run)
-    return RewardTrainer(
-        model=load_for_training(run.model_dir, r, head="reward"),
-        args=trl_args(run, RewardConfig, val is not None),
-        train_dataset=train,
-        eval_dataset=val,
-        processing_class=AutoTokenizer.from_pretrained(run.model_dir),
-        peft_config=lora_config(r, task_type="SEQ_CLS"),
-    )
+    return build_trainer(run, RewardTrainer, RewardConfig, head="reward")
 
 
 def pair_accuracy(run: Run, adapter_dir: Path | None) -> dict | None:

@@ -3,16 +3,16 @@
 from pathlib import Path
 
 
-def load_with_adapter(base_dir: Path, adapter_dir: Path, quantization: dict | None = None, dequantize: bool = False):
-    """bf16 base (or 4-bit with `quantization`, the recipe's bnb_4bit_* settings; then
-    dequantized back to bf16 with `dequantize`) with the adapter applied, in eval mode."""
+def load_with_adapter(base_dir: Path, adapter_dir: Path, quantization: dict | None = None, dequantize: bool = False, dtype: str = "bfloat16"):
+    """The base in `dtype` (or 4-bit with `quantization`, the recipe's bnb_4bit_* settings; then
+    dequantized back to `dtype` with `dequantize`) with the adapter applied, in eval mode."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from tuneserve.models.training import quantization_config
 
-    kwargs: dict = {"dtype": torch.bfloat16}
+    kwargs: dict = {"dtype": getattr(torch, dtype)}
     if quantization is not None:
         kwargs["quantization_config"] = quantization_config(
             quantization.get("bnb_4bit_quant_type", "nf4"),
@@ -21,7 +21,7 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, quantization: dict | No
         )
     model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     if quantization is not None and dequantize:
-        model = model.dequantize().to(torch.bfloat16)
+        model = model.dequantize().to(getattr(torch, dtype))
     return PeftModel.from_pretrained(model, adapter_dir).eval()
 
 

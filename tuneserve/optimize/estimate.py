@@ -2,6 +2,12 @@
 
 Weights: M = P x 4 bytes / (32 / Q) x 1.2  (P parameters, Q bits; 1.2 for runtime overhead).
 KV cache: 2 (K and V) x layers x KV heads x head dim x bytes per value x tokens (context x batch).
+
+The rule of thumb quantizes every parameter. Quantizers (bitsandbytes, llm-compressor) keep the
+token embeddings (and an untied lm_head) at 16 bits, which on a small model with a large
+vocabulary is a big share: SmolLM2-135M's 49152 x 576 embedding is 21% of its parameters, so at
+4 bits its real weights exceed the rule's figure, overhead included. `layered_gib` counts that:
+embeddings at max(Q, 16) bits, everything else at Q bits, no overhead.
 """
 
 import gc
@@ -22,6 +28,7 @@ class MemoryEstimate:
     weights_gib: float
     kv_cache_gib: float
     total_gib: float
+    layered_gib: float
     measured_weights_gib: float | None = None
 
     def as_dict(self) -> dict:
@@ -32,6 +39,11 @@ def weights_bytes(num_params: int, bits: int) -> float:
     return num_params * 4 / (32 / bits) * OVERHEAD
 
 
+def layered_weights_bytes(facts: ModelFacts, bits: int) -> float:
+    embedding = facts.vocab_size * facts.hidden_size * (1 if facts.tie_word_embeddings else 2)
+    return embedding * max(bits, 16) / 8 + (facts.num_params - embedding) * bits / 8
+
+
 def kv_cache_bytes(facts: ModelFacts, context: int, batch: int, kv_bits: int = 16) -> float:
     return 2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * (kv_bits / 8) * context * batch
 
@@ -40,7 +52,8 @@ def estimate(facts: ModelFacts, bits: int, context: int, batch: int) -> MemoryEs
     """KV cache at 16 bits whatever the weight bits (vLLM's default cache dtype)."""
     weights = weights_bytes(facts.num_params, bits) / GIB
     kv = kv_cache_bytes(facts, context, batch) / GIB
-    return MemoryEstimate(bits, round(weights, 4), round(kv, 4), round(weights + kv, 4))
+    layered = layered_weights_bytes(facts, bits) / GIB
+    return MemoryEstimate(bits, round(weights, 4), round(kv, 4), round(weights + kv, 4), round(layered, 4))
 
 
 def measure_weights_gib(model_dir: Path, bits: int) -> float:

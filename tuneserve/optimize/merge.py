@@ -39,8 +39,10 @@ def run_merge(adapter: str, out: str, base: str | None = None, mode: MergeMode |
 
     with atomic_artifact(out, overwrite=overwrite) as tmp:
         merge_lora(base_dir, adapter_dir, tmp, quantization=recipe if mode == "dequantized" else None)
-        # the reference is what training saw: the adapter on the (4-bit, for QLoRA) base, unmerged
-        reference = load_with_adapter(base_dir, adapter_dir, quantization=recipe if is_qlora else None)
+        # The reference is what training saw: the adapter, unmerged, on the base weights (for QLoRA
+        # the 4-bit ones, dequantized). Both sides run in float32, so the figures measure what
+        # the merge changed (W + BA rounded to bf16 once) and not bf16 arithmetic noise.
+        reference = load_with_adapter(base_dir, adapter_dir, quantization=recipe if is_qlora else None, dequantize=True, dtype="float32")
         parity = compare(reference, _load_plain(tmp), AutoTokenizer.from_pretrained(base_dir))
         write_manifest(tmp, Manifest(
             kind="model",
@@ -85,29 +87,37 @@ def _load_plain(model_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
 
 def compare(reference, candidate, tokenizer, prompts: list[str] = PARITY_PROMPTS) -> dict:
-    """Logit differences over every prompt position, and greedy agreement over NUM_GREEDY_TOKENS."""
+    """How closely `candidate` follows `reference` on each prompt plus the reference's greedy answer.
+
+    Logit differences over all those positions; token agreement: the share of answer positions
+    where both pick the same next token (teacher-forced); greedy agreement: the share of prompts
+    whose NUM_GREEDY_TOKENS-token greedy answers are identical (one near-tie flips a whole answer).
+    """
     import torch
 
-    max_diff, sum_diff, num_values, num_same = 0.0, 0.0, 0, 0
+    max_diff, sum_diff, num_values, same_tokens, num_tokens, same_answers = 0.0, 0.0, 0, 0, 0, 0
     for prompt in prompts:
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
         ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        greedy = {"max_new_tokens": NUM_GREEDY_TOKENS, "do_sample": False, "pad_token_id": tokenizer.eos_token_id}
         with torch.no_grad():
-            diff = (reference(ids).logits.float() - candidate(ids).logits.float()).abs()
-            greedy = [
-                m.generate(ids, max_new_tokens=NUM_GREEDY_TOKENS, do_sample=False, pad_token_id=tokenizer.eos_token_id)[0, ids.shape[1]:].tolist()
-                for m in (reference, candidate)
-            ]
+            sequence = reference.generate(ids, **greedy)
+            logits = [m(sequence).logits.float() for m in (reference, candidate)]
+            same_answers += torch.equal(candidate.generate(ids, **greedy), sequence)
+        diff = (logits[0] - logits[1]).abs()
         max_diff = max(max_diff, diff.max().item())
         sum_diff, num_values = sum_diff + diff.sum().item(), num_values + diff.numel()
-        num_same += greedy[0] == greedy[1]
+        answer = slice(ids.shape[1] - 1, sequence.shape[1] - 1)  # positions that predict answer tokens
+        same_tokens += (logits[0][0, answer].argmax(-1) == logits[1][0, answer].argmax(-1)).sum().item()
+        num_tokens += answer.stop - answer.start
     return {
         "max_abs_logit_diff": round(max_diff, 4),
         "mean_abs_logit_diff": round(sum_diff / num_values, 5),
-        "greedy_agreement": num_same / len(prompts),
+        "token_agreement": round(same_tokens / num_tokens, 4),
+        "greedy_agreement": round(same_answers / len(prompts), 4),
         "num_prompts": len(prompts),
     }
