@@ -73,6 +73,8 @@ def test_bad_inputs_are_refused(tmp_path):
         run_distill(None, str(tmp_path / "a"))
     with pytest.raises(OptimizeError, match="unknown demo task"):
         run_distill(None, str(tmp_path / "a"), data="poetry", student_layers_count=4)
+    with pytest.raises(OptimizeError, match="--steps and the batch size must be at least 1"):
+        run_distill(None, str(tmp_path / "a"), student_layers_count=4, steps=0)
     (tmp_path / "exists").mkdir()
     with pytest.raises(OptimizeError, match="--overwrite"):
         run_distill(None, str(tmp_path / "exists"), student_layers_count=4)

@@ -31,13 +31,20 @@ def test_quantized_model_reports_size_and_quality(quantized):
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
 
 
+# The bare "What is the capital of France?" is a coin flip for SmolLM2-135M itself: its first
+# token is "The" (-1.74) vs "L" (-1.99, heading for "L'Étoile"), 0.25 nats apart in bf16, and a
+# W8A8 run in CI took the other branch. Asking for one sentence gives "The" -0.55 vs "Paris"
+# -2.17 vs "L" -3.42 (measured 2026-11-25), so a wrong answer here means quantization hurt.
+PARIS_QUESTION = "What is the capital of France? Answer in one sentence."
+
+
 def test_quantized_model_serves_and_answers_paris(quantized, tmp_path):
     _, out = quantized
     server = start_server(tmp_path, "--model", str(out))  # the later --model wins over the suite's default
     try:
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(
-            model=str(out), messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=20
+            model=str(out), messages=[{"role": "user", "content": PARIS_QUESTION}], temperature=0, max_tokens=20
         )
         assert "Paris" in reply.choices[0].message.content
     finally:

@@ -58,14 +58,21 @@ def test_max_tokens_above_the_cap_is_400(client):
     assert_openai_error(client.post("/v1/chat/completions", json=chat_body(max_tokens=1600)), 400, "max_tokens")
 
 
-def test_requests_beyond_the_queue_limit_get_503_with_retry_after(limited, client):
-    wait_until_idle(client)
+def start_streams(base_url: str, count: int, max_tokens: int) -> tuple[list[threading.Thread], list[list]]:
+    """`count` streaming chats in background threads, returned once each has its first bytes."""
     threads, outputs = [], []
-    for _ in range(2):
+    for _ in range(count):
         lines, started = [], threading.Event()
-        threads.append(stream_in_background(limited.base_url, chat_body(stream=True, max_tokens=120, ignore_eos=True, temperature=0), lines, started))
+        body = chat_body(stream=True, max_tokens=max_tokens, ignore_eos=True, temperature=0)
+        threads.append(stream_in_background(base_url, body, lines, started))
         outputs.append(lines)
         assert started.wait(60)
+    return threads, outputs
+
+
+def test_requests_beyond_the_queue_limit_get_503_with_retry_after(limited, client):
+    wait_until_idle(client)
+    threads, outputs = start_streams(limited.base_url, 2, max_tokens=120)
     response = client.post("/v1/chat/completions", json=chat_body(max_tokens=4))
     assert_openai_error(response, 503)
     assert int(response.headers["Retry-After"]) >= 1
@@ -97,12 +104,7 @@ def test_slow_stream_ends_with_a_timeout_event(client):
 def test_sigterm_drains_in_flight_requests_then_exits_0(limited, client):
     """Runs last in this module: it stops the server."""
     wait_until_idle(client)
-    threads, outputs = [], []
-    for _ in range(2):
-        lines, started = [], threading.Event()
-        threads.append(stream_in_background(limited.base_url, chat_body(stream=True, max_tokens=80, ignore_eos=True, temperature=0), lines, started))
-        outputs.append(lines)
-        assert started.wait(60)
+    threads, outputs = start_streams(limited.base_url, 2, max_tokens=80)
     limited.process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
     assert_openai_error(client.post("/v1/chat/completions", json=chat_body(max_tokens=4)), 503)

@@ -128,7 +128,10 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
 
     memory = PeakMemory()
     trainer.add_callback(memory)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        memory.stop()
     run.metrics |= memory.metrics() | {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,

@@ -76,10 +76,14 @@ def run_distill(
 
     if (student_layers_count is None) == (student is None):
         raise OptimizeError("give exactly one of --student-layers N or --student REF")
+    if steps < 1 or batch_size < 1:
+        raise OptimizeError(f"--steps and the batch size must be at least 1, got {steps} and {batch_size}")
     if Path(out).exists() and not overwrite:
         raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
     teacher_dir = resolve_model(teacher)
     prompts = _prompts(data)
+    # the teacher answers only as many prompts as training will see (spread over every task)
+    prompts = prompts[:: max(1, len(prompts) // (steps * batch_size))][: steps * batch_size]
     held_out = load_eval_samples("all", num_samples=eval_samples) if eval_samples else []
     with atomic_artifact(out, overwrite=overwrite) as tmp:
         kept = None

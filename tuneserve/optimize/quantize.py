@@ -125,13 +125,23 @@ def run_quantize(
 
 
 def _run_worker(python: Path, model_dir: Path, out: Path, scheme: str, calibration: Path, samples: int, group_size: int | None) -> None:
+    """Run llm-compressor in its environment; its progress bars pass through to our stderr."""
+    import codecs
+    from collections import deque
+
     cmd = [str(python), "-m", "tuneserve.optimize.quantize_worker", "--model", str(model_dir), "--out", str(out),
            "--scheme", scheme, "--calibration", str(calibration), "--samples", str(samples)]
     if group_size:
         cmd += ["--group-size", str(group_size)]
-    result = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)  # its progress bars go to our stdout
-    if result.returncode != 0:
-        raise OptimizeError(f"llm-compressor failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    process = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), deque(maxlen=300)
+    for chunk in iter(lambda: process.stderr.read1(4096), b""):
+        text = decoder.decode(chunk)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        tail.append(text)
+    if process.wait() != 0:
+        raise OptimizeError(f"llm-compressor failed (exit {process.returncode}):\n{''.join(tail)[-3000:]}")
 
 
 def _quality_and_size(model_dir: Path, quantized_dir: Path, eval_samples: int) -> dict:
