@@ -35,3 +35,11 @@ def test_exact_match_ignores_whitespace_and_json_spacing():
     assert is_exact_match('{"name":"Tom","age": 4}', '{"name": "Tom", "age": 4}')
     assert not is_exact_match('{"name": "Tom", "age": "4"}', '{"name": "Tom", "age": 4}')
     assert not is_exact_match("2023-07-15", "2023-07-14")
+
+
+def test_spread_takes_rows_evenly_from_every_part():
+    from tuneserve.finetune.data import spread
+
+    assert spread(list(range(12)), 4) == [0, 3, 6, 9]
+    assert spread(list(range(3)), 5) == [0, 1, 2]
+    assert {s.task for s in spread([s for t in ("dates", "units") for s in demo_samples(t, "train")], 10)} == {"dates", "units"}

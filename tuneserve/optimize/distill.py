@@ -71,6 +71,7 @@ def run_distill(
     overwrite: bool = False,
 ) -> Path:
     """`tuneserve optimize distill`: build (or take) a student, distill, evaluate, save."""
+    from tuneserve.finetune.data import spread
     from tuneserve.finetune.evaluate import evaluate, load_eval_samples
     from tuneserve.models import model_facts, model_fingerprint, resolve_model
 
@@ -81,9 +82,7 @@ def run_distill(
     if Path(out).exists() and not overwrite:
         raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
     teacher_dir = resolve_model(teacher)
-    prompts = _prompts(data)
-    # the teacher answers only as many prompts as training will see (spread over every task)
-    prompts = prompts[:: max(1, len(prompts) // (steps * batch_size))][: steps * batch_size]
+    prompts = spread(_prompts(data), steps * batch_size)  # the teacher answers only what training sees
     held_out = load_eval_samples("all", num_samples=eval_samples) if eval_samples else []
     with atomic_artifact(out, overwrite=overwrite) as tmp:
         kept = None

@@ -52,7 +52,7 @@ def calibration_texts(model_dir: Path, calibration: str, num_samples: int) -> li
     """Chat-formatted prompt + answer texts from a demo task (or `all`) or a JSONL file."""
     from transformers import AutoTokenizer
 
-    from tuneserve.finetune.data import DataError, file_rows
+    from tuneserve.finetune.data import DataError, file_rows, spread
     from tuneserve.finetune.demo import demo_samples, task_names
     from tuneserve.finetune.recipe import DatasetSpec
 
@@ -76,8 +76,7 @@ def calibration_texts(model_dir: Path, calibration: str, num_samples: int) -> li
             f"too few calibration samples: {calibration} has {len(texts)}, "
             f"--samples asks for {num_samples} (at least {MIN_CALIBRATION_SAMPLES})"
         )
-    step = len(texts) // num_samples  # spread over every task, not the first one only
-    return texts[::step][:num_samples]
+    return spread(texts, num_samples)  # every task, not the first one only
 
 
 def _guess_type(path: str) -> str:
