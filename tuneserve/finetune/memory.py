@@ -35,11 +35,8 @@ class PeakMemory(TrainerCallback):
         self._sampler = threading.Thread(target=self._sample, name="peak-memory", daemon=True)
         self._sampler.start()
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.stop()
-
     def stop(self) -> None:
-        """End sampling (also when training raised, which skips on_train_end)."""
+        """End sampling; the caller runs it after training, also when training raised."""
         self._stop.set()
         if self._sampler is not None:
             self._sampler.join()
