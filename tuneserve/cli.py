@@ -18,7 +18,7 @@ console = Console()
 
 
 def fail(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -87,7 +87,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     served_model_name: Annotated[list[str] | None, typer.Option(help="Name clients use; repeatable.")] = None,
     max_model_len: Annotated[int | None, typer.Option(help="Context length (prompt + output).")] = None,
-    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache memory in GiB.")] = None,
+    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache memory in GiB (CPU default: half the free memory after weights, at most 4).")] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(help="GPU only: fraction of GPU memory for vLLM.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float16 | float32.")] = None,
     max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences batched per step.")] = None,
     enforce_eager: Annotated[bool | None, typer.Option("--enforce-eager/--compile", help="Skip or use torch.compile (default: eager on CPU).")] = None,
@@ -108,6 +109,7 @@ def serve(
     request_timeout_s: Annotated[float | None, typer.Option(help="Abort requests running longer (504).")] = None,
     drain_timeout_s: Annotated[float | None, typer.Option(help="SIGTERM grace period for in-flight requests (default 30).")] = None,
     speculative: Annotated[str | None, typer.Option(help="ngram[:K] or draft:MODEL_REF[:K].")] = None,
+    metrics_auth: Annotated[bool | None, typer.Option("--metrics-auth/--no-metrics-auth", help="Require a key for /metrics and /version.")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error.")] = None,
 ):
     """Serve a model behind an OpenAI-compatible API (vLLM in-process).
@@ -121,11 +123,23 @@ def serve(
     from tuneserve.models import ModelError
     from tuneserve.server import ServeConfig
     from tuneserve.server import serve as run_server
+    from tuneserve.server.startup import StartupError
 
     try:
-        run_server(load_config(ServeConfig, config, **overrides))
-    except (ConfigError, ModelError) as e:
+        settings = load_config(ServeConfig, config, **overrides)
+        exit_code = run_server(settings)
+    except (ConfigError, ModelError, StartupError) as e:
         fail(str(e))
+    except Exception as e:  # vLLM's own start-up failures: one line, the traceback only when debugging
+        if settings.log_level == "debug":
+            raise
+        fail(f"the server could not start: {type(e).__name__}: {first_line(e)} (--log-level debug shows the traceback)")
+    raise typer.Exit(exit_code)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or repr(exc)
+    return text.splitlines()[0][:500]
 
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe YAML (see examples/recipes/).")]

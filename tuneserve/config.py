@@ -35,10 +35,11 @@ def load_config(model_cls, path: str | Path | None = None, **overrides):
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, path)) from None
+        raise ConfigError(describe_validation_error(e, path)) from None
 
 
-def _describe(error, path) -> str:
+def describe_validation_error(error, path=None) -> str:
+    """One line per bad field: "file: field.path: what is wrong" (never the value given)."""
     where = f"{path}: " if path else ""
     lines = []
     for err in error.errors():

@@ -32,6 +32,10 @@ class ModelFacts(BaseModel):
     tie_word_embeddings: bool
     disk_bytes: int
 
+    def kv_cache_bytes_per_token(self, bytes_per_value: float = 2) -> float:
+        """K and V for every layer and KV head: what one token of context holds in the KV cache."""
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * bytes_per_value
+
 
 def read_config(model_dir: Path) -> dict:
     path = Path(model_dir) / "config.json"

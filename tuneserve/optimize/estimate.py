@@ -45,7 +45,7 @@ def layered_weights_bytes(facts: ModelFacts, bits: int) -> float:
 
 
 def kv_cache_bytes(facts: ModelFacts, context: int, batch: int, kv_bits: int = 16) -> float:
-    return 2 * facts.num_layers * facts.num_kv_heads * facts.head_dim * (kv_bits / 8) * context * batch
+    return facts.kv_cache_bytes_per_token(kv_bits / 8) * context * batch
 
 
 def estimate(facts: ModelFacts, bits: int, context: int, batch: int) -> MemoryEstimate:

@@ -16,7 +16,6 @@ import fnmatch
 import hashlib
 import hmac
 import time
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -125,12 +124,9 @@ class Authenticator:
         self.tenants = [Tenant(s) for s in specs]
 
     @classmethod
-    def from_settings(cls, api_key: str | None, api_keys_file: Path | None) -> "Authenticator | None":
-        specs = []
-        if api_keys_file is not None:
-            import yaml
-
-            specs += KeysFile.model_validate(yaml.safe_load(Path(api_keys_file).read_text()) or {}).keys
+    def from_specs(cls, api_key: str | None, specs: list[TenantSpec]) -> "Authenticator | None":
+        """Tenants from a keys file, plus one all-scopes tenant for --api-key; None when there are none."""
+        specs = list(specs)
         if api_key is not None:
             specs.append(TenantSpec(name="api-key", key=api_key, scopes=["inference", "admin"]))
         return cls(specs) if specs else None

@@ -28,7 +28,13 @@ class ServeConfig(BaseModel):
         None, ge=16, description="Context length (prompt + output); default: the model's own."
     )
     kv_cache_gib: float | None = Field(
-        None, gt=0, description="Memory for the paged KV cache in GiB; default: vLLM's choice."
+        None, gt=0,
+        description="Memory for the paged KV cache in GiB. Default on CPU: half the memory left after the "
+        "weights and runtime, at most 4 GiB (logged at start with the tokens it holds); on GPU: vLLM's "
+        "--gpu-memory-utilization.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may use (vLLM's default 0.92)."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Weights and activations dtype."
@@ -67,6 +73,9 @@ class ServeConfig(BaseModel):
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
     speculative: str | None = Field(
         None, description="Speculative decoding: ngram[:K] or draft:MODEL_REF[:K] (K draft tokens, default 4)."
+    )
+    metrics_auth: bool = Field(
+        False, description="Require an API key (any scope) for /metrics and /version too."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 

@@ -77,16 +77,28 @@ def speculative_config(config: ServeConfig) -> dict | None:
     return {"method": "draft_model", "model": str(resolve_model(draft_ref)), "num_speculative_tokens": num_tokens}
 
 
+def kv_cache_bytes(config: ServeConfig, model_dir: Path, is_cpu: bool) -> int | None:
+    """Always explicit on CPU (see memory.py); on GPU only when --kv-cache-gib is given."""
+    if not is_cpu:
+        return int(config.kv_cache_gib * (1 << 30)) if config.kv_cache_gib else None
+    from tuneserve.server.memory import plan_kv_cache
+
+    plan = plan_kv_cache(model_dir, config.dtype, config.max_model_len, config.kv_cache_gib)
+    logger.info("%s", plan.describe())
+    return plan.kv_cache_bytes
+
+
 def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     enforce_eager = is_cpu if config.enforce_eager is None else config.enforce_eager
+    extra = {} if config.gpu_memory_utilization is None else {"gpu_memory_utilization": config.gpu_memory_utilization}
     return AsyncEngineArgs(
         model=str(model_dir),
         served_model_name=config.model_names,
         max_model_len=config.max_model_len,
         dtype=config.dtype,
-        kv_cache_memory_bytes=int(config.kv_cache_gib * (1 << 30)) if config.kv_cache_gib else None,
+        kv_cache_memory_bytes=kv_cache_bytes(config, model_dir, is_cpu),
         max_num_seqs=config.max_num_seqs,
         enforce_eager=enforce_eager,
         enable_prefix_caching=config.prefix_caching,
@@ -98,6 +110,7 @@ def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
         speculative_config=speculative_config(config),
         disable_log_stats=False,  # keeps vLLM's Prometheus gauges live for /metrics
         enable_log_requests=False,
+        **extra,
     )
 
 
@@ -105,7 +118,10 @@ def build_engine(config: ServeConfig, model_dir: Path):
     """Start vLLM's AsyncLLM in this process (its engine core runs in a child process)."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from tuneserve.server.startup import check_platform_options
+
     is_cpu = is_cpu_platform()
+    check_platform_options(config, is_cpu)
     if is_cpu:
         apply_cpu_defaults(config)
     args = engine_args(config, model_dir, is_cpu)

