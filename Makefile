@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test lint bench clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench clean
 
 setup: $(STAMP) model quantize-env
 
@@ -51,6 +51,14 @@ serve: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Soak, fuzz-at-scale and long runs (the `slow` marker); CI runs only `make test`.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Runs every reliability drill, the slow sizes too, and rewrites docs/reliability.md from its figures.
+reliability: setup
+	TUNESERVE_RELIABILITY_REPORT=docs/reliability.md $(BIN)/python -m pytest tests/reliability -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check tuneserve tests

@@ -10,7 +10,8 @@ from tests.helpers import ADAPTERS, ADMIN_KEY, KEYS_YAML, MODEL
 from tuneserve.bench.server_process import ServerProcess, stop_server
 from tuneserve.bench.server_process import start_server as start_server_process
 
-SERVER_ARGS = ["--max-model-len", "2048", "--kv-cache-gib", "1", "--max-num-seqs", "32"]
+# No memory flags: every test server sizes its KV cache the way `tuneserve serve` does for users.
+SERVER_ARGS = ["--max-model-len", "2048", "--max-num-seqs", "32"]
 
 
 def start_server(tmp_dir: Path, *extra_args: str) -> ServerProcess:

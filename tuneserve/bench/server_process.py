@@ -34,9 +34,13 @@ class ServerProcess:
 def start_server(log_dir: Path, *args: str, env: dict | None = None) -> ServerProcess:
     """Start `tuneserve serve ARGS` on a free port; return once /ready answers 200."""
     port = free_port()
+    return launch([sys.executable, "-m", "tuneserve", "serve", "--port", str(port), *args], port, log_dir, env)
+
+
+def launch(cmd: list[str], port: int, log_dir: Path, env: dict | None = None) -> ServerProcess:
+    """Run `cmd`, a command that serves on 127.0.0.1:`port` (e.g. `make serve PORT=...`), until ready."""
     log_path = Path(log_dir) / f"server-{port}.log"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
-    cmd = [sys.executable, "-m", "tuneserve", "serve", "--port", str(port), *args]
     with open(log_path, "wb") as log:
         # Its own process group, so that a forced stop also takes vLLM's engine processes.
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,23 +60,63 @@ def check_name(name: str, base: ServedBase) -> None:
         raise AdapterError(f"adapter name {name!r} is the base model's name", param="name")
 
 
+def shown(path: str | Path, limit: int = 120) -> str:
+    """A path for an error message: long ones cut, so a hostile 4 KB path is not echoed whole."""
+    text = str(path)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def resolve_path(path: str, roots: list[Path]) -> Path:
     """The adapter directory, which must lie under one of `roots` after resolving symlinks and '..'."""
     if not roots:
         raise AdapterPathError(
             "loading adapters at run time is disabled: start the server with --adapter-root DIR", param="path"
         )
-    raw = Path(path).expanduser()
-    candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
-    for candidate in candidates:
-        resolved = candidate.resolve()
-        if any(resolved.is_relative_to(root.resolve()) for root in roots):
-            return resolved
-    raise AdapterPathError(f"adapter path {path!r} is outside the allowed adapter roots", param="path")
+    try:
+        raw = Path(path).expanduser()
+        candidates = [raw] if raw.is_absolute() else [root / raw for root in roots]
+        for candidate in candidates:
+            resolved = candidate.resolve()
+            if any(resolved.is_relative_to(root.resolve()) for root in roots):
+                return resolved
+    except (OSError, ValueError) as e:  # too long, a NUL byte, a symlink loop: the OS refuses the path
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise AdapterPathError(f"adapter path {shown(path)} is not usable: {reason}", param="path") from None
+    raise AdapterPathError(f"adapter path {shown(path)} is outside the allowed adapter roots", param="path")
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """A regular file's bytes; devices, FIFOs, oversized and unreadable files are refused (400).
+
+    `/dev/zero` or a FIFO behind a symlink would otherwise block or exhaust memory.
+    """
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise AdapterError(f"{shown(path)} is not a regular file", param="path")
+        with open(path, "rb") as f:
+            data = f.read(-1 if max_bytes is None else max_bytes + 1)
+    except OSError as e:
+        raise AdapterError(f"cannot read {shown(path)}: {e.strerror or e}", param="path") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise AdapterError(f"{shown(path)} is larger than {max_bytes} bytes", param="path")
+    return data
 
 
 def check_adapter(path: Path, base: ServedBase, max_rank: int, force: bool = False) -> AdapterInfo:
-    """Validate a PEFT LoRA directory against the served base; returns what the engine needs."""
+    """Validate a PEFT LoRA directory against the served base; returns what the engine needs.
+
+    Reads and checks every tensor: the registry runs it in a worker thread, off the event loop.
+    """
+    try:
+        return _check_adapter(path, base, max_rank, force)
+    except OSError as e:  # unreadable files, I/O errors: the adapter's fault, not the server's
+        raise AdapterError(f"cannot read adapter {shown(path)}: {e.strerror or e}", param="path") from None
+
+
+def _check_adapter(path: Path, base: ServedBase, max_rank: int, force: bool) -> AdapterInfo:
     if not path.is_dir():
         raise AdapterError(f"adapter directory {path} does not exist", param="path")
     config = _read_config(path)
@@ -99,10 +140,10 @@ def check_adapter(path: Path, base: ServedBase, max_rank: int, force: bool = Fal
 
 def _read_config(path: Path) -> dict:
     config_path = path / "adapter_config.json"
+    if not config_path.exists():
+        raise AdapterError(f"{path} has no adapter_config.json (not a PEFT adapter)", param="path")
     try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise AdapterError(f"{path} has no adapter_config.json (not a PEFT adapter)", param="path") from None
+        config = json.loads(read_regular_file(config_path, MAX_CONFIG_BYTES))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"{config_path} is not valid JSON: {e}", param="path") from None
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
@@ -142,7 +183,9 @@ def _check_weights(path: Path, rank: int, base: ServedBase) -> None:
         raw, header = safetensors_header(weights)
     except Exception:
         raise AdapterError(f"{weights} is not a valid safetensors file", param="path") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else {}
+    if not all(_is_tensor_entry(t) for t in tensors.values()):
+        raise AdapterError(f"{weights} has a malformed safetensors header", param="path")
     data_end = max((t["data_offsets"][1] for t in tensors.values()), default=0)
     if 8 + len(raw) + data_end != weights.stat().st_size:
         raise AdapterError(f"{weights} is truncated or corrupt (size does not match its header)", param="path")
@@ -157,6 +200,15 @@ def _check_weights(path: Path, rank: int, base: ServedBase) -> None:
     for module, halves in modules.items():
         _check_module(module, halves, rank, base, weights)
     _check_finite(weights)
+
+
+def _is_tensor_entry(t) -> bool:
+    offsets = t.get("data_offsets") if isinstance(t, dict) else None
+    return (
+        isinstance(t, dict) and isinstance(t.get("dtype"), str)
+        and isinstance(t.get("shape"), list) and all(isinstance(n, int) for n in t["shape"])
+        and isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
+    )
 
 
 def _split_key(key: str, weights: Path) -> tuple[str, str]:
@@ -189,10 +241,13 @@ def _check_finite(weights: Path) -> None:
     import torch
     from safetensors import safe_open
 
-    with safe_open(weights, "pt") as f:
-        for key in f.keys():
-            if not torch.isfinite(f.get_tensor(key)).all():
-                raise AdapterError(f"{weights}: {key} contains NaN or infinite values", param="path")
+    try:
+        with safe_open(weights, "pt") as f:
+            bad = next((key for key in f.keys() if not torch.isfinite(f.get_tensor(key)).all()), None)
+    except Exception as e:  # safetensors' own errors on a file whose header looked sane
+        raise AdapterError(f"{weights} cannot be read: {str(e)[:200]}", param="path") from None
+    if bad is not None:
+        raise AdapterError(f"{weights}: {bad} contains NaN or infinite values", param="path")
 
 
 def _check_base(path: Path, config: dict, base: ServedBase) -> None:

@@ -69,7 +69,8 @@ class AdapterRegistry:
     async def load(self, name: str, path: Path, force: bool = False) -> AdapterVersion:
         """Load `path` as `name`; a new version if the name exists. On failure the old one serves on."""
         check_name(name, self.base)
-        info = check_adapter(path, self.base, self.max_rank, force)
+        # Reading and checking every tensor takes a while for big adapters: keep the loop serving.
+        info = await asyncio.to_thread(check_adapter, path, self.base, self.max_rank, force)
         async with self._lock:
             version = AdapterVersion(name, self._versions.get(name, 0) + 1, next(self._ids), info)
             try:

@@ -14,7 +14,7 @@ from tuneserve.server.completions import CompletionServing
 from tuneserve.server.config import ServeConfig
 from tuneserve.server.engine import Engine
 from tuneserve.server.errors import install_error_handlers
-from tuneserve.server.middleware import BodySizeLimit
+from tuneserve.server.middleware import BodySizeLimit, CatchAll
 from tuneserve.server.serving import OpenAIServing, ServedModel
 
 
@@ -49,5 +49,6 @@ def create_app(
     app.include_router(routes.router)
     app.include_router(adapter_routes.router)
     install_error_handlers(app)
+    app.add_middleware(CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     return app

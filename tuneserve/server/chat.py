@@ -1,6 +1,7 @@
 """POST /v1/chat/completions."""
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from tuneserve.server.logprobs import chat_logprobs
@@ -43,9 +44,10 @@ class ChatServing:
 
     async def _response(self, request, request_id, num_prompt_tokens, outputs) -> ChatCompletionResponse:
         choices: dict[int, Choice] = {}
-        async for out in outputs:
-            for o in out.outputs:
-                choices.setdefault(o.index, Choice()).add(o)
+        async with aclosing(outputs):
+            async for out in outputs:
+                for o in out.outputs:
+                    choices.setdefault(o.index, Choice()).add(o)
         return ChatCompletionResponse(
             id=request_id,
             created=now_s(),
@@ -71,16 +73,17 @@ class ChatServing:
 
         started: set[int] = set()
         num_completion_tokens = 0
-        async for out in outputs:
-            for o in out.outputs:
-                if o.index not in started:
-                    started.add(o.index)
-                    yield chunk(_choice(o.index, Delta(role="assistant", content="")))
-                num_completion_tokens += len(o.token_ids)
-                if o.text or (o.token_ids and request.logprobs):
-                    yield chunk(_choice(o.index, Delta(content=o.text), self._logprobs(request, o)))
-                if o.finish_reason:
-                    yield chunk(_choice(o.index, Delta(), finish_reason=o.finish_reason))
+        async with aclosing(outputs):
+            async for out in outputs:
+                for o in out.outputs:
+                    if o.index not in started:
+                        started.add(o.index)
+                        yield chunk(_choice(o.index, Delta(role="assistant", content="")))
+                    num_completion_tokens += len(o.token_ids)
+                    if o.text or (o.token_ids and request.logprobs):
+                        yield chunk(_choice(o.index, Delta(content=o.text), self._logprobs(request, o)))
+                    if o.finish_reason:
+                        yield chunk(_choice(o.index, Delta(), finish_reason=o.finish_reason))
         if request.include_usage:
             yield chunk(None, Usage.of(num_prompt_tokens, num_completion_tokens))
 

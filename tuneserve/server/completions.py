@@ -1,6 +1,7 @@
 """POST /v1/completions (one or several prompts, `n` choices each)."""
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from tuneserve.server.logprobs import completion_logprobs
@@ -38,9 +39,10 @@ class CompletionServing:
 
     async def _response(self, request, request_id, num_prompt_tokens, echoes, merged) -> CompletionResponse:
         choices: dict[int, tuple[int, Choice]] = {}
-        async for prompt_index, out in merged:
-            for o in out.outputs:
-                choices.setdefault(prompt_index * request.n + o.index, (prompt_index, Choice()))[1].add(o)
+        async with aclosing(merged):
+            async for prompt_index, out in merged:
+                for o in out.outputs:
+                    choices.setdefault(prompt_index * request.n + o.index, (prompt_index, Choice()))[1].add(o)
         return CompletionResponse(
             id=request_id,
             created=now_s(),
@@ -53,15 +55,16 @@ class CompletionServing:
         created = now_s()
         echoed: set[int] = set()
         num_completion_tokens = 0
-        async for prompt_index, out in merged:
-            for o in out.outputs:
-                index = prompt_index * request.n + o.index
-                prefix = "" if index in echoed else echoes[prompt_index]
-                echoed.add(index)
-                num_completion_tokens += len(o.token_ids)
-                if prefix or o.text or o.finish_reason or (o.token_ids and request.logprobs is not None):
-                    choice = self._choice(request, index, o, prefix)
-                    yield CompletionResponse(id=request_id, created=created, model=request.model, choices=[choice])
+        async with aclosing(merged):
+            async for prompt_index, out in merged:
+                for o in out.outputs:
+                    index = prompt_index * request.n + o.index
+                    prefix = "" if index in echoed else echoes[prompt_index]
+                    echoed.add(index)
+                    num_completion_tokens += len(o.token_ids)
+                    if prefix or o.text or o.finish_reason or (o.token_ids and request.logprobs is not None):
+                        choice = self._choice(request, index, o, prefix)
+                        yield CompletionResponse(id=request_id, created=created, model=request.model, choices=[choice])
         if request.include_usage:
             totals = Usage.of(num_prompt_tokens, num_completion_tokens)
             yield CompletionResponse(id=request_id, created=created, model=request.model, choices=[], usage=totals)

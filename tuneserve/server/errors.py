@@ -154,8 +154,4 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _ours(_: Request, exc: TuneserveError):
         return to_error_response(exc)
 
-    # Starlette routes `Exception` to its outermost middleware: a bug still answers in
-    # OpenAI's shape (500, no internals), and the traceback goes to the server log.
-    @app.exception_handler(Exception)
-    async def _any(_: Request, exc: Exception):
-        return to_error_response(exc)
+    # Anything else is answered by middleware.CatchAll (500 in OpenAI's shape, logged once).

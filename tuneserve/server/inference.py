@@ -55,13 +55,18 @@ async def _stream(chunks: AsyncIterator, deadline: float | None, stack, stats: R
         nonlocal status
         status = err.status
 
+    events = sse_stream(_until(chunks, deadline), on_error)
     try:
-        async for event in sse_stream(_until(chunks, deadline), on_error):
+        async for event in events:
             yield event
     except (GeneratorExit, asyncio.CancelledError):
         status = CLIENT_GONE
         raise
     finally:
+        # Close the chain down to the engine first: its abort lands before the admission slot
+        # and the adapter hold are released (left to the garbage collector, it would come later).
+        with contextlib.suppress(Exception):
+            await events.aclose()
         _finish(stats, tenant, status)
         await stack.aclose()
 
@@ -107,6 +112,9 @@ async def _cancel_on_disconnect(raw: Request, work: Awaitable):
         watcher.cancel()
     if task not in done:
         task.cancel()
+        # Wait for the cancelled work to unwind (which aborts its engine request) before the
+        # caller releases the request's admission slot and adapter hold.
+        await asyncio.gather(task, return_exceptions=True)
         return None
     return task.result()
 

@@ -1,8 +1,39 @@
-"""ASGI middleware: request body size limit, answered with 413 before anything parses the body."""
+"""ASGI middleware: errors nothing else caught, and the request body size limit (413)."""
+
+import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneserve.server.errors import RequestTooLargeError, to_error_response
+
+logger = logging.getLogger("tuneserve.server")
+
+
+class CatchAll:
+    """The last word on any exception the route handlers let through: OpenAI error JSON (500, no
+    internals; the traceback goes to the log once). Starlette's own handler for `Exception`
+    re-raises after answering, which makes uvicorn log it again and can reset the connection."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        is_started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal is_started
+            is_started = is_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if is_started:  # headers are out: nothing valid can follow; end the response quietly
+                logger.exception("error after the response started", exc_info=exc)
+                return
+            await to_error_response(exc)(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -8,7 +8,14 @@ from typing import Any
 
 from tuneserve.server.adapters import AdapterRegistry
 from tuneserve.server.engine import Engine, tokens_prompt
-from tuneserve.server.errors import BadRequestError, ContextLengthError, ModelNotFoundError, to_error
+from tuneserve.server.errors import (
+    BadRequestError,
+    ContextLengthError,
+    ModelNotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+    to_error,
+)
 from tuneserve.server.metrics import BASE, RequestStats
 from tuneserve.server.protocol import ChatMessage, ModelCard, ModelList, now_s
 
@@ -130,6 +137,7 @@ class OpenAIServing:
         try:
             async for output in stream:
                 stats.on_output(sum(len(o.token_ids) for o in output.outputs))
+                raise_if_failed(output)
                 yield output
         except (asyncio.CancelledError, GeneratorExit):
             raise
@@ -138,6 +146,18 @@ class OpenAIServing:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+
+def raise_if_failed(output: Any) -> None:
+    """A request the engine itself ended ("abort", "error") is a failure, never a 200 with odd text.
+
+    Aborts this server asks for (client gone, timeout) close the stream and are never seen here.
+    """
+    reasons = {o.finish_reason for o in output.outputs}
+    if "error" in reasons:
+        raise ServerError("The engine failed this request; retry it.")
+    if "abort" in reasons:
+        raise ServiceUnavailableError("The engine aborted this request; retry it.", retry_after_s=1)
 
 
 async def primed_all(streams: list[AsyncIterator[Any]]) -> list[AsyncIterator[Any]]:

@@ -1,5 +1,6 @@
 """Server-sent events in OpenAI's framing: `data: {json}` lines, then `data: [DONE]`."""
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -18,8 +19,9 @@ def sse_event(payload: BaseModel | dict) -> str:
 async def sse_stream(chunks: AsyncIterator[BaseModel], on_error=None) -> AsyncIterator[str]:
     """Frame chunks; an error after the stream began goes out as one error event, then [DONE]."""
     try:
-        async for chunk in chunks:
-            yield sse_event(chunk)
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                yield sse_event(chunk)
     except Exception as exc:  # CancelledError (client gone) is a BaseException and passes
         err = to_error(exc)
         if on_error is not None:
