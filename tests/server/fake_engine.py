@@ -7,12 +7,18 @@ from types import SimpleNamespace
 
 @dataclass
 class FakeEngine:
-    """Generates "tok0 tok1 ..."; `fault` picks a failure: None, "dead", "mid_stream", "bug",
-    "add_lora" (the engine refuses every adapter)."""
+    """Generates "tok0 tok1 ..." (`token_delay_s` apart); `fault` picks a failure: None, "dead",
+    "mid_stream", "bug", "add_lora" (the engine refuses every adapter), "engine_abort" / "engine_error"
+    (the engine ends the request itself), "second_prompt_fails" (request ids ending in -1 fail).
+
+    Like vLLM's AsyncLLM it aborts a request whose output stream is closed or cancelled early;
+    `events` logs ("abort", id) and anything a test appends, in order."""
 
     fault: str | None = None
     num_tokens: int = 4
+    token_delay_s: float = 0.0
     aborted: list[str] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
     loras: set[int] = field(default_factory=set)
 
     @property
@@ -26,19 +32,30 @@ class FakeEngine:
             raise EngineDeadError()
         if self.fault == "bug":
             raise RuntimeError("secret internal detail")
-        for i in range(self.num_tokens):
-            if self.fault == "mid_stream" and i == 2:
-                raise RuntimeError("worker crashed")
-            await asyncio.sleep(0)
-            last = i == self.num_tokens - 1
-            output = SimpleNamespace(
-                index=0, text=f"tok{i} ", token_ids=[i], logprobs=None,
-                finish_reason="length" if last else None,
-            )
-            yield SimpleNamespace(outputs=[output], finished=last, prompt_token_ids=prompt["prompt_token_ids"])
+        try:
+            for i in range(self.num_tokens):
+                if self.fault == "mid_stream" and i == 2:
+                    raise RuntimeError("worker crashed")
+                if self.fault == "second_prompt_fails" and request_id.endswith("-1") and i == 1:
+                    raise RuntimeError("worker crashed")
+                await asyncio.sleep(self.token_delay_s)
+                last = i == self.num_tokens - 1
+                reason = None
+                if self.fault in ("engine_abort", "engine_error") and i == 1:
+                    reason, last = self.fault.removeprefix("engine_"), True
+                elif last:
+                    reason = "length"
+                output = SimpleNamespace(index=0, text=f"tok{i} ", token_ids=[i], logprobs=None, finish_reason=reason)
+                yield SimpleNamespace(outputs=[output], finished=last, prompt_token_ids=prompt["prompt_token_ids"])
+                if last:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            await self.abort(request_id)
+            raise
 
     async def abort(self, request_id):
         self.aborted.append(request_id)
+        self.events.append(("abort", request_id))
 
     async def check_health(self):
         if self.fault == "dead":

@@ -1,6 +1,8 @@
 """Engine faults (a fake engine in-process): clear errors, no internals leaked."""
 
+import contextlib
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,3 +59,90 @@ def test_unexpected_error_is_500_without_internals(make_client):
     error = assert_openai_error(response, 500)
     assert "secret" not in response.text
     assert error["type"] == "server_error"
+
+
+@pytest.mark.parametrize("fault,status", [("engine_abort", 503), ("engine_error", 500)])
+def test_a_request_the_engine_ends_itself_is_a_5xx_not_a_200(make_client, fault, status):
+    client = make_client(fault)
+    assert_openai_error(client.post("/v1/chat/completions", json=chat_body()), status)
+    events = sse_events(client.post("/v1/chat/completions", json=chat_body(stream=True)))
+    assert events[-1] == "[DONE]" and "error" in events[-2]  # the stream ends in an error event, not "stop"
+
+
+def test_a_failing_prompt_aborts_its_siblings(tokenizer):
+    engine = FakeEngine(fault="second_prompt_fails", num_tokens=200, token_delay_s=0.005)
+    model = ServedModel(names=[MODEL], path="/fake", max_model_len=2048)
+    client = TestClient(create_app(ServeConfig(), engine, tokenizer, model), raise_server_exceptions=False)
+    response = client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 200})
+    assert_openai_error(response, 500)
+    aborted_suffixes = sorted(rid.rsplit("-", 1)[-1] for rid in engine.aborted)
+    assert aborted_suffixes == ["0", "2"]  # both siblings stopped, long before their 200 tokens
+
+
+@pytest.fixture()
+def live_fake(tokenizer):
+    """A real HTTP server (uvicorn in a thread) over a slow fake engine with one adapter; the
+    engine's event log also records when admission slots and adapter holds are released."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from tests.helpers import ADAPTERS
+    from tuneserve.bench.server_process import free_port
+    from tuneserve.models import resolve_model
+    from tuneserve.server.adapters import AdapterRegistry
+    from tuneserve.server.main import served_base
+
+    engine = FakeEngine(num_tokens=2000, token_delay_s=0.005)
+    registry = AdapterRegistry(engine, served_base([MODEL], resolve_model(MODEL)), max_rank=16)
+    asyncio.run(registry.load("dates", ADAPTERS["dates"]))
+    model = ServedModel(names=[MODEL], path="/fake", max_model_len=4096)
+    app = create_app(ServeConfig(), engine, tokenizer, model, registry)
+    admission, hold = app.state.admission, registry.hold
+    release = admission.release
+    admission.release = lambda: (engine.events.append(("release", "admission")), release())[1]
+
+    @contextlib.asynccontextmanager
+    async def logged_hold(name):
+        async with hold(name) as version:
+            yield version
+        engine.events.append(("release", "adapter"))
+
+    registry.hold = logged_hold
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield engine, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+def wait_for(condition, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnect_aborts_the_engine_before_releasing_slot_and_adapter(live_fake, stream):
+    import httpx
+
+    engine, url = live_fake
+    body = chat_body(model="dates", max_tokens=2000, stream=stream)
+    if stream:
+        with httpx.Client(base_url=url, timeout=30) as client, client.stream("POST", "/v1/chat/completions", json=body) as r:
+            lines = r.iter_lines()
+            for _ in range(4):
+                next(lines)
+    else:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.5)
+    wait_for(lambda: ("release", "admission") in engine.events)
+    kinds = [kind if kind == "abort" else name for kind, name in engine.events]
+    assert kinds == ["abort", "adapter", "admission"], engine.events
+    assert len(engine.aborted) == 1

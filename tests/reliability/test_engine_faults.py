@@ -1,0 +1,92 @@
+"""Engine-side faults on the real engine: its process killed, and SIGTERM under load."""
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import start_server
+from tests.helpers import assert_openai_error, chat_body
+from tuneserve.bench.server_process import stop_server
+
+pytestmark = pytest.mark.engine
+
+
+def engine_core(server) -> psutil.Process:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return next(p for p in children if p.name().startswith("VLLM::EngineCore"))
+
+
+def health_ok(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_killed_engine_fails_health_and_the_server_exits_nonzero(tmp_path, record):
+    server = start_server(tmp_path)
+    try:
+        assert health_ok(server.base_url)
+        engine_core(server).kill()  # SIGKILL: what the OOM killer or a segfault does
+        killed_at = time.monotonic()
+        while health_ok(server.base_url):
+            assert time.monotonic() - killed_at < 30
+            time.sleep(0.1)
+        unhealthy_s = time.monotonic() - killed_at
+        exit_code = server.process.wait(60)
+        exited_s = time.monotonic() - killed_at
+    finally:
+        stop_server(server)
+    assert exit_code == 1  # an orchestrator restarts it
+    assert "the vLLM engine has died" in server.log_path.read_text()
+    record("engine process killed (SIGKILL)", 1, "/health failed, server exited 1",
+           f"/health failing after {unhealthy_s:.1f} s, process gone after {exited_s:.1f} s")
+
+
+NUM_STREAMS = 24
+
+
+def test_sigterm_under_load_finishes_in_flight_refuses_new_exits_0(tmp_path, record):
+    server = start_server(tmp_path, "--drain-timeout-s", "120")
+    results: list[list[str]] = [[] for _ in range(NUM_STREAMS)]
+    started = [threading.Event() for _ in range(NUM_STREAMS)]
+
+    def stream(i: int) -> None:
+        body = chat_body(content=f"Story number {i}:", stream=True, max_tokens=96, ignore_eos=True, temperature=0)
+        with httpx.Client(base_url=server.base_url, timeout=300) as c, c.stream("POST", "/v1/chat/completions", json=body) as r:
+            results[i].append(str(r.status_code))
+            for line in r.iter_lines():
+                started[i].set()
+                if line:
+                    results[i].append(line)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(NUM_STREAMS)]
+    try:
+        for t in threads:
+            t.start()
+        for event in started:
+            assert event.wait(120)
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        refused = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat_body(max_tokens=4), timeout=30)
+        for t in threads:
+            t.join(300)
+        exit_code = server.process.wait(120)
+    finally:
+        stop_server(server)
+    assert_openai_error(refused, 503)
+    assert "Retry-After" in refused.headers
+    for lines in results:  # every stream in flight at SIGTERM finished whole
+        assert lines[0] == "200" and lines[-1] == "data: [DONE]"
+        chunks = [json.loads(line[6:]) for line in lines[1:-1]]
+        assert not any("error" in c for c in chunks)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) >= 90
+    assert exit_code == 0
+    record("SIGTERM under load", NUM_STREAMS, "every in-flight stream finished whole, new request 503, exit 0",
+           f"{NUM_STREAMS} streams of 96 tokens in flight at SIGTERM")
