@@ -20,6 +20,7 @@ REPORT_ENV = "TUNESERVE_RELIABILITY_REPORT"
 def record(request):
     def add(category: str, count: int, result: str, figures: str = "") -> None:
         ROWS.append({"test": request.node.name, "category": category, "count": count, "result": result, "figures": figures})
+        print(f"\nreliability: {category}: {count} tried; {result}; {figures}")
 
     return add
 
