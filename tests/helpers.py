@@ -14,6 +14,7 @@ ADMIN_KEY = "sk-test-admin-0001"
 INFERENCE_KEY = "sk-test-tenant-a-0001"
 LIMITED_KEY = "sk-test-limited-0001"
 TOKEN_LIMITED_KEY = "sk-test-tokens-0001"
+BURST_KEY = "sk-test-burst-0001"
 KEYS_YAML = f"""
 keys:
   - name: admin
@@ -29,6 +30,9 @@ keys:
   - name: token-limited
     key_sha256: {hashlib.sha256(TOKEN_LIMITED_KEY.encode()).hexdigest()}
     tokens_per_minute: 60
+  - name: burst
+    key: {BURST_KEY}
+    tokens_per_minute: 200
 """
 
 

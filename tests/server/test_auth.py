@@ -1,10 +1,13 @@
 """Tenants: keys, scopes, allowed models, per-minute limits — all in OpenAI's error shape."""
 
+import asyncio
+
 import httpx
 import openai
 import pytest
 
 from tests.helpers import (
+    BURST_KEY,
     INFERENCE_KEY,
     LIMITED_KEY,
     MODEL,
@@ -73,9 +76,29 @@ def test_tokens_per_minute_limit_counts_prompt_and_completion(server, http):
     with as_key(server, TOKEN_LIMITED_KEY) as tenant:  # 60 tokens/min; one chat is ~40 tokens
         first = tenant.post("/v1/chat/completions", json=chat_body(max_tokens=8))
         second = tenant.post("/v1/chat/completions", json=chat_body(max_tokens=8))
-        third = tenant.post("/v1/chat/completions", json=chat_body(max_tokens=8))
     assert first.status_code == 200
     assert first.json()["usage"]["total_tokens"] < 60 <= 2 * first.json()["usage"]["total_tokens"]
-    assert second.status_code == 200  # admitted: the minute's usage was still under the limit
-    assert_openai_error(third, 429, code="rate_limit_exceeded")
+    # the second could use its prompt + 8 tokens, more than the minute has left: refused up front
+    error = assert_openai_error(second, 429, code="rate_limit_exceeded")
+    assert "may use up to" in error["message"]
+    assert 1 <= int(second.headers["Retry-After"]) <= 60
+    assert_still_serving(http)
+
+
+def test_concurrent_requests_cannot_overshoot_the_token_limit(server, http):
+    """Each request reserves prompt + max_tokens when admitted and settles at the end, so a burst
+    sent all at once cannot spend more than tokens_per_minute between them."""
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {BURST_KEY}"}, timeout=120) as c:
+            return await asyncio.gather(*(c.post("/v1/chat/completions", json=chat_body(max_tokens=40, ignore_eos=True))
+                                          for _ in range(8)))
+
+    responses = asyncio.run(burst())
+    ok = [r for r in responses if r.status_code == 200]
+    for r in responses:
+        if r.status_code != 200:
+            assert_openai_error(r, 429, code="rate_limit_exceeded")
+    spent = sum(r.json()["usage"]["total_tokens"] for r in ok)
+    assert 1 <= len(ok) < len(responses)
+    assert spent <= 200  # without reservations all 8 were admitted: ~560 tokens
     assert_still_serving(http)

@@ -146,3 +146,17 @@ def test_disconnect_aborts_the_engine_before_releasing_slot_and_adapter(live_fak
     kinds = [kind if kind == "abort" else name for kind, name in engine.events]
     assert kinds == ["abort", "adapter", "admission"], engine.events
     assert len(engine.aborted) == 1
+
+
+def test_metrics_auth_puts_metrics_and_version_behind_a_key(tokenizer):
+    from tuneserve.server.auth import Authenticator
+
+    model = ServedModel(names=[MODEL], path="/secret/models/smollm2", max_model_len=2048)
+    auth = Authenticator.from_specs("sk-metrics-key-0001", [])
+    client = TestClient(create_app(ServeConfig(metrics_auth=True), FakeEngine(), tokenizer, model, auth=auth))
+    for path in ("/metrics", "/version"):
+        assert_openai_error(client.get(path), 401)
+        assert client.get(path, headers={"Authorization": "Bearer sk-metrics-key-0001"}).status_code == 200
+    assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200  # probes stay open
+    version = client.get("/version", headers={"Authorization": "Bearer sk-metrics-key-0001"}).json()
+    assert "/secret" not in json.dumps(version)  # no filesystem paths

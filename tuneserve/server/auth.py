@@ -84,6 +84,7 @@ class Tenant:
         self.name = spec.name
         self._requests: collections.deque[float] = collections.deque()
         self._tokens: collections.deque[tuple[float, int]] = collections.deque()
+        self._reserved = 0  # held by requests in flight (see reserve_tokens)
 
     def require_scope(self, scope: Scope) -> None:
         if scope not in self.spec.scopes:
@@ -97,18 +98,47 @@ class Tenant:
             raise ForbiddenError(f"this API key may not use model {name!r}", param="model")
 
     def admit(self, now: float | None = None) -> None:
-        """Count one request against the per-minute limits, or raise 429 with Retry-After."""
+        """Count one request against the per-minute limits, or raise 429 with Retry-After.
+
+        Requests refused here (or earlier, 401/403) do not count; an admitted request counts once,
+        also when it is then refused for its token reservation or fails validation.
+        """
         now = time.monotonic() if now is None else now
         self._expire(now)
         rpm, tpm = self.spec.requests_per_minute, self.spec.tokens_per_minute
         if rpm is not None and len(self._requests) >= rpm:
             raise RateLimitError(f"rate limit reached: {rpm} requests per minute", self._requests[0] + WINDOW_S - now)
-        if tpm is not None and sum(n for _, n in self._tokens) >= tpm:
-            raise RateLimitError(f"rate limit reached: {tpm} tokens per minute", self._tokens[0][0] + WINDOW_S - now)
+        if tpm is not None and self._tokens_in_window() >= tpm:
+            raise RateLimitError(f"rate limit reached: {tpm} tokens per minute", self._retry_after(now))
         self._requests.append(now)
 
-    def charge_tokens(self, num_tokens: int, now: float | None = None) -> None:
-        self._tokens.append((time.monotonic() if now is None else now, num_tokens))
+    def reserve_tokens(self, num_tokens: int, now: float | None = None) -> int:
+        """Hold the most a request can use (prompt + max_tokens x n) until it settles, so that
+        concurrent requests cannot overshoot tokens_per_minute together. Returns what was held."""
+        tpm = self.spec.tokens_per_minute
+        if tpm is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        self._expire(now)
+        if self._tokens_in_window() + num_tokens > tpm:
+            raise RateLimitError(
+                f"rate limit reached: this request may use up to {num_tokens} tokens (prompt + max_tokens), more than "
+                f"the {max(0, tpm - self._tokens_in_window())} left of {tpm} tokens per minute; lower max_tokens or retry later",
+                self._retry_after(now),
+            )
+        self._reserved += num_tokens
+        return num_tokens
+
+    def settle_tokens(self, num_reserved: int, num_used: int, now: float | None = None) -> None:
+        """Replace a reservation with what the request really used."""
+        self._reserved -= num_reserved
+        self._tokens.append((time.monotonic() if now is None else now, num_used))
+
+    def _tokens_in_window(self) -> int:
+        return self._reserved + sum(n for _, n in self._tokens)
+
+    def _retry_after(self, now: float) -> float:
+        return self._tokens[0][0] + WINDOW_S - now if self._tokens else WINDOW_S
 
     def _expire(self, now: float) -> None:
         while self._requests and self._requests[0] <= now - WINDOW_S:

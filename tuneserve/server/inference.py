@@ -26,6 +26,7 @@ async def run_inference(raw: Request, body: Any, endpoint: Any) -> Response:
         if tenant is not None:
             tenant.require_model(body.model)
             tenant.admit()
+            stats.reserve_tokens = lambda n: _reserve(stats, tenant, n)
         state.admission.admit()
         stack.callback(state.admission.release)
         lora_request = await stack.enter_async_context(state.serving.target(body.model, stats))
@@ -71,10 +72,14 @@ async def _stream(chunks: AsyncIterator, deadline: float | None, stack, stats: R
         await stack.aclose()
 
 
+def _reserve(stats: RequestStats, tenant, num_tokens: int) -> None:
+    stats.num_reserved_tokens += tenant.reserve_tokens(num_tokens)
+
+
 def _finish(stats: RequestStats, tenant, status: int) -> None:
     stats.record(status)
     if tenant is not None:
-        tenant.charge_tokens(stats.num_prompt_tokens + stats.num_completion_tokens)
+        tenant.settle_tokens(stats.num_reserved_tokens, stats.num_prompt_tokens + stats.num_completion_tokens)
 
 
 def _deadline(timeout_s: float | None) -> float | None:

@@ -6,6 +6,7 @@ scrape returns both.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
@@ -39,6 +40,10 @@ class RequestStats:
     first_token_s: float | None = None
     num_prompt_tokens: int = 0
     num_completion_tokens: int = 0
+    # The tenant's hold on its token budget: called with the most this request can use before
+    # each engine request starts (set by inference.run_inference when the caller has a limit).
+    reserve_tokens: Callable[[int], None] | None = None
+    num_reserved_tokens: int = 0
 
     def on_output(self, num_new_tokens: int) -> None:
         if num_new_tokens and self.first_token_s is None:

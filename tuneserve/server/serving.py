@@ -132,6 +132,8 @@ class OpenAIServing:
 
         Closing this iterator early (client gone, timeout) closes vLLM's, which aborts the request.
         """
+        if stats.reserve_tokens is not None:
+            stats.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
         stats.num_prompt_tokens += len(prompt_ids)
         stream = self.engine.generate(tokens_prompt(prompt_ids), params, request_id, lora_request=lora_request)
         try:
