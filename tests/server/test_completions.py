@@ -69,6 +69,16 @@ def test_logprobs_align_with_text(openai_client):
         model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=4, logprobs=2
     )
     lp = response.choices[0].logprobs
-    assert "".join(lp.tokens) == response.choices[0].text
+    text = response.choices[0].text
+    assert "".join(lp.tokens) == text
     assert all(len(top) == 2 for top in lp.top_logprobs)
-    assert lp.text_offset[0] == 0
+    # each offset points at its token in the text
+    assert [text[o : o + len(t)] for o, t in zip(lp.text_offset, lp.tokens, strict=True)] == lp.tokens
+
+
+def test_streamed_logprob_offsets_continue_across_chunks(openai_client):
+    kwargs = dict(model=MODEL, prompt="The capital of France is", temperature=0, max_tokens=8, logprobs=1)
+    whole = openai_client.completions.create(**kwargs).choices[0].logprobs
+    chunks = [c.choices[0] for c in openai_client.completions.create(stream=True, **kwargs) if c.choices]
+    offsets = [o for c in chunks if c.logprobs for o in c.logprobs.text_offset]
+    assert offsets == whole.text_offset and len(set(offsets)) > 1  # not restarted at 0 in every chunk

@@ -42,16 +42,58 @@ def train_and_save(recipe: Recipe, build_trainer, resume: bool, overwrite: bool,
     return out
 
 
+RUN_FILE = "run.json"  # in the checkpoint directory: the recipe those checkpoints belong to
+
+
 def prepare(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Run:
     """Everything that can fail cheaply fails here, before a model loads."""
     out = Path(recipe.output_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"output_dir {out} already exists (pass --overwrite to replace it)")
-    if resume and not _last_checkpoint(recipe.work_dir()):
-        raise FileNotFoundError(f"--resume: no checkpoint under {recipe.work_dir()}")
+    if resume:
+        _check_resumable(recipe)
     model_dir = resolve_model(recipe.base_model)
     rows, hashes = load_rows(recipe)
+    if not resume:
+        _start_fresh(recipe)
     return Run(recipe, model_dir, rows, hashes)
+
+
+def _recipe_fingerprint(recipe: Recipe) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _check_resumable(recipe: Recipe) -> None:
+    import json
+
+    work = recipe.work_dir()
+    if not _last_checkpoint(work):
+        raise FileNotFoundError(f"--resume: no complete checkpoint under {work}")
+    try:
+        recorded = json.loads((work / RUN_FILE).read_text()).get("recipe_sha256")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != _recipe_fingerprint(recipe):
+        raise FileNotFoundError(
+            f"--resume: the checkpoints under {work} belong to another run (its recipe differs); "
+            "run without --resume to start over"
+        )
+
+
+def _start_fresh(recipe: Recipe) -> None:
+    """A new run never continues from an interrupted one's checkpoints: they are removed."""
+    import json
+    import shutil
+
+    work = recipe.work_dir()
+    if work.exists():
+        logger.warning("removing checkpoints of an earlier, unfinished run in %s (use --resume to continue it)", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    (work / RUN_FILE).write_text(json.dumps({"recipe_sha256": _recipe_fingerprint(recipe)}) + "\n")
 
 
 def split(run: Run):
@@ -124,18 +166,21 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
     resumed_from = int(checkpoint.name.split("-")[-1]) if checkpoint else None
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
-    from tuneserve.finetune.memory import PeakMemory
+    from tuneserve.finetune.memory import PeakMemory, StepCounter
 
-    memory = PeakMemory()
+    memory, steps = PeakMemory(), StepCounter()
     trainer.add_callback(memory)
+    trainer.add_callback(steps)
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         memory.stop()
-    run.metrics |= memory.metrics() | {
+    run.metrics |= memory.metrics() | base_weight_bits(trainer.model) | {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "resumed_from_step": resumed_from,
+        "num_steps_this_process": steps.num_steps,
+        "loss_history": [[log["step"], log["loss"]] for log in trainer.state.log_history if "loss" in log],
         "train_seconds": round(time.monotonic() - run.started_s, 1),
         "seconds_per_step": round(result.metrics["train_runtime"] / max(1, trainer.state.global_step - (resumed_from or 0)), 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -198,8 +243,21 @@ def record_eval(run: Run, out: Path, before: dict | None, after: dict | None) ->
 
 
 def _last_checkpoint(work_dir: Path) -> Path | None:
-    checkpoints = [p for p in work_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    """The newest complete checkpoint: transformers writes trainer_state.json last, so a directory
+    without it is one a kill interrupted."""
+    checkpoints = [p for p in work_dir.glob("checkpoint-*")
+                   if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
     return max(checkpoints, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def base_weight_bits(model: Any) -> dict:
+    """How many of the base's linear layers are stored in 4 bits (bitsandbytes), for the manifest."""
+    import torch
+
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    # bitsandbytes' Linear4bit is a torch Linear; PEFT's wrapper of the same name is not
+    num_4bit = sum(1 for m in linear if type(m).__name__ == "Linear4bit" and type(m).__module__.startswith("bitsandbytes"))
+    return {"num_linear_layers": len(linear), "num_4bit_linear_layers": num_4bit}
 
 
 def _has_cuda() -> bool:

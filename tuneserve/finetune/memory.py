@@ -43,3 +43,13 @@ class PeakMemory(TrainerCallback):
 
     def metrics(self) -> dict:
         return {"rss_before_train_mib": self.before_mib, "train_peak_rss_mib": self.peak_mib}
+
+
+class StepCounter(TrainerCallback):
+    """Optimizer steps this process ran (a resumed run skips the steps its checkpoint holds)."""
+
+    def __init__(self):
+        self.num_steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.num_steps += 1

@@ -33,8 +33,9 @@ class CompletionServing:
             return self._chunks(request, request_id, num_prompt_tokens, echoes, merged)
         return await self._response(request, request_id, num_prompt_tokens, echoes, merged)
 
-    def _choice(self, request: CompletionRequest, index: int, o: Any, prefix: str) -> CompletionChoice:
-        logprobs = completion_logprobs(o.token_ids, o.logprobs, request.logprobs or 0, self.serving.tokenizer)
+    def _choice(self, request: CompletionRequest, index: int, o: Any, prefix: str, text_offset: int = 0) -> CompletionChoice:
+        """`text_offset`: characters of this choice already sent (streaming), where its logprob offsets start."""
+        logprobs = completion_logprobs(o.token_ids, o.logprobs, request.logprobs or 0, self.serving.tokenizer, text_offset + len(prefix))
         return CompletionChoice(index=index, text=prefix + o.text, logprobs=logprobs, finish_reason=o.finish_reason)
 
     async def _response(self, request, request_id, num_prompt_tokens, echoes, merged) -> CompletionResponse:
@@ -53,17 +54,18 @@ class CompletionServing:
 
     async def _chunks(self, request, request_id, num_prompt_tokens, echoes, merged) -> AsyncIterator[CompletionResponse]:
         created = now_s()
-        echoed: set[int] = set()
+        num_chars_sent: dict[int, int] = {}
         num_completion_tokens = 0
         async with aclosing(merged):
             async for prompt_index, out in merged:
                 for o in out.outputs:
                     index = prompt_index * request.n + o.index
-                    prefix = "" if index in echoed else echoes[prompt_index]
-                    echoed.add(index)
+                    prefix = "" if index in num_chars_sent else echoes[prompt_index]
+                    offset = num_chars_sent.setdefault(index, 0)
                     num_completion_tokens += len(o.token_ids)
                     if prefix or o.text or o.finish_reason or (o.token_ids and request.logprobs is not None):
-                        choice = self._choice(request, index, o, prefix)
+                        choice = self._choice(request, index, o, prefix, offset)
+                        num_chars_sent[index] += len(choice.text)
                         yield CompletionResponse(id=request_id, created=created, model=request.model, choices=[choice])
         if request.include_usage:
             totals = Usage.of(num_prompt_tokens, num_completion_tokens)
