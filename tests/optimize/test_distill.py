@@ -40,8 +40,11 @@ def student(tmp_path_factory):
 def test_distilled_student_beats_the_untrained_student(student):
     metrics = read_manifest(student).metrics
     before, after = metrics["eval_student_before"]["perplexity"], metrics["eval_student_after"]["perplexity"]
-    print(f"perplexity: teacher {metrics['eval_teacher']['perplexity']:.2f}, student {before:.2f} -> {after:.2f}")
-    assert after < before
+    teacher = metrics["eval_teacher"]["perplexity"]
+    print(f"perplexity: teacher {teacher:.2f}, student {before:.2f} -> {after:.2f}")
+    # The untrained student (22 of 30 layers gone) is at ~5 million and cannot lose; the teacher is
+    # the bar. Measured 2026-11-26 at these 30 steps: teacher 3.00, distilled student 41.4 (13.8x).
+    assert after < 30 * teacher
     assert metrics["distill_loss_last"] < metrics["distill_loss_first"]
     assert read_manifest(student).recipe["distill"]["num_params"] < 0.6 * 134_515_008
 

@@ -1,6 +1,7 @@
 """GPTQ W4A16 and SmoothQuant+GPTQ W8A8 of the default model: served by `tuneserve serve`."""
 
 import json
+import re
 
 import openai
 import pytest
@@ -31,24 +32,45 @@ def test_quantized_model_reports_size_and_quality(quantized):
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
 
 
-# The bare "What is the capital of France?" is a coin flip for SmolLM2-135M itself: its first
-# token is "The" (-1.74) vs "L" (-1.99, heading for "L'Étoile"), 0.25 nats apart in bf16, and a
-# W8A8 run in CI took the other branch. Asking for one sentence gives "The" -0.55 vs "Paris"
-# -2.17 vs "L" -3.42 (measured 2026-11-25), so a wrong answer here means quantization hurt.
-PARIS_QUESTION = "What is the capital of France? Answer in one sentence."
+# Sixteen questions with one checkable word each, asked bare and "in one sentence": 32 answers.
+FACTS = [("What is the capital of France?", ["Paris"]), ("What is the capital of Japan?", ["Tokyo"]),
+         ("What is the capital of Italy?", ["Rome"]), ("What is the capital of Germany?", ["Berlin"]),
+         ("What is the capital of Spain?", ["Madrid"]), ("What is the capital of the United Kingdom?", ["London"]),
+         ("How many days are in a week?", ["seven", "7"]), ("What color is the sky on a clear day?", ["blue"]),
+         ("What is the opposite of hot?", ["cold"]), ("What is 2 + 2?", ["4", "four"]),
+         ("Which animal says moo?", ["cow"]), ("What is the largest planet in our solar system?", ["Jupiter"]),
+         ("What do bees make?", ["honey"]), ("What is frozen water called?", ["ice"]),
+         ("How many legs does a spider have?", ["eight", "8"]), ("Which planet is known as the Red Planet?", ["Mars"])]
+QUESTIONS = [(q + suffix, answers) for q, answers in FACTS for suffix in ("", " Answer in one sentence.")]
+# One answer of a 135M model is a coin flip on some machines (the bare Paris question is a near-tie
+# even in bf16: "The" -1.74 vs "L" -1.99); 32 answers are not. Measured 2026-11-26 on the default
+# model through `tuneserve serve` (64 calibration samples): bf16 24 of 32, W8A8 23, W4A16 14.
+# Each threshold leaves 5 answers of room for near-ties that go the other way on another machine;
+# a broken quantization (garbage text) gets about none.
+MIN_RIGHT = {"w8a8": 18, "w4a16": 9}
 
 
-def test_quantized_model_serves_and_answers_paris(quantized, tmp_path):
-    _, out = quantized
+def num_right(client, model: str) -> int:
+    right = 0
+    for question, answers in QUESTIONS:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], temperature=0, max_tokens=30
+        )
+        text = reply.choices[0].message.content
+        right += any(re.search(rf"\b{re.escape(a)}\b", text, re.IGNORECASE) for a in answers)
+    return right
+
+
+def test_quantized_model_serves_and_knows_simple_facts(quantized, tmp_path):
+    scheme, out = quantized
     server = start_server(tmp_path, "--model", str(out))  # the later --model wins over the suite's default
     try:
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-        reply = client.chat.completions.create(
-            model=str(out), messages=[{"role": "user", "content": PARIS_QUESTION}], temperature=0, max_tokens=20
-        )
-        assert "Paris" in reply.choices[0].message.content
+        right = num_right(client, str(out))
     finally:
         stop_server(server)
+    print(f"{scheme}: {right} of {len(QUESTIONS)} simple facts right")
+    assert right >= MIN_RIGHT[scheme]
 
 
 def test_group_size_divides_the_layers():
