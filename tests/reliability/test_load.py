@@ -126,8 +126,8 @@ def test_200_streams_with_30_percent_hanging_up(load_server, record):
 
 
 @pytest.mark.slow
-def test_soak_10_rounds_of_200_streams(load_server, record):
-    run_storm_and_check(load_server, 200, 10, record)
+def test_soak_5_rounds_of_200_streams(load_server, record):
+    run_storm_and_check(load_server, 200, 5, record)
 
 
 DATE_PROMPT = "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only."
