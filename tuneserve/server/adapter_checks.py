@@ -88,7 +88,7 @@ def resolve_path(path: str, roots: list[Path]) -> Path:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
+def read_regular_file(path: Path, max_bytes: int) -> bytes:
     """A regular file's bytes; devices, FIFOs, oversized and unreadable files are refused (400).
 
     `/dev/zero` or a FIFO behind a symlink would otherwise block or exhaust memory.
@@ -97,10 +97,10 @@ def read_regular_file(path: Path, max_bytes: int | None = None) -> bytes:
         if not stat.S_ISREG(path.stat().st_mode):
             raise AdapterError(f"{shown(path)} is not a regular file", param="path")
         with open(path, "rb") as f:
-            data = f.read(-1 if max_bytes is None else max_bytes + 1)
+            data = f.read(max_bytes + 1)
     except OSError as e:
         raise AdapterError(f"cannot read {shown(path)}: {e.strerror or e}", param="path") from None
-    if max_bytes is not None and len(data) > max_bytes:
+    if len(data) > max_bytes:
         raise AdapterError(f"{shown(path)} is larger than {max_bytes} bytes", param="path")
     return data
 

@@ -33,7 +33,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except socket.gaierror:
         sock.close()
         raise StartupError(f"cannot resolve --host {host!r}") from None
-    sock.set_inheritable(True)
     return sock
 
 
