@@ -70,13 +70,15 @@ def test_killed_run_resumes_where_it_stopped_on_the_same_loss_curve(tmp_path):
 def test_fresh_run_ignores_stale_checkpoints_and_resume_refuses_another_recipe(tmp_path):
     recipe, out = write_recipe(tmp_path, "adapter")
     work = tmp_path / ".adapter.checkpoints"
-    kill_after_checkpoint(recipe, work, step=2)
-    other_recipe, _ = write_recipe(tmp_path, "adapter", seed=7)  # same output_dir, another recipe
-    refused = finetune(other_recipe, "--resume")
+    # what an interrupted run of another recipe leaves: a complete checkpoint and its run record
+    (work / "checkpoint-2").mkdir(parents=True)
+    (work / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (work / "run.json").write_text('{"recipe_sha256": "0000"}')
+    refused = finetune(recipe, "--resume")
     assert refused.returncode == 2
     assert "belong to another run" in refused.stderr
 
-    fresh = finetune(recipe)  # no --resume: starts over
+    fresh = finetune(recipe)  # no --resume: starts over, whatever lies in the checkpoint directory
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     metrics = read_manifest(out).metrics
     assert metrics["resumed_from_step"] is None
