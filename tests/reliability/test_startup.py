@@ -64,7 +64,7 @@ def test_make_serve_answers_with_no_flags_while_memory_is_busy(tmp_path, record)
     kv_line = next(line for line in log.splitlines() if "KV cache" in line and "tokens" in line)
     assert "default:" in kv_line
     record("start-up: `make serve` as the README gives it, memory node busy", 1, "answered the openai client",
-           f"{available_at_start / total:.0%} of the node available at start; {kv_line.split('server: ')[-1][:60]}")
+           f"{available_at_start / total:.0%} of the node available at start; {kv_line.split('server: ')[-1].split(';')[0]}")
 
 
 LEAKY_KEY = "sk-do-not-print-me-0001"

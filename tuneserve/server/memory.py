@@ -74,7 +74,7 @@ def plan_kv_cache(
     available = available_memory_bytes() if available_bytes is None else available_bytes
     if kv_cache_gib is not None:
         size = int(kv_cache_gib * GIB)
-        _check_explicit(size, one_sequence, context, weights, available)
+        _check_explicit(kv_cache_gib, size, one_sequence, context, weights, available)
     else:
         size = _default_size(one_sequence, context, weights, available)
     return KVCachePlan(size, int(size // per_token), available, weights, kv_cache_gib is None)
@@ -92,15 +92,15 @@ def _default_size(one_sequence: int, context: int, weights: int, available: int)
     return max(one_sequence, int(share) // (1 << 20) * (1 << 20))
 
 
-def _check_explicit(size: int, one_sequence: int, context: int, weights: int, available: int) -> None:
+def _check_explicit(kv_cache_gib: float, size: int, one_sequence: int, context: int, weights: int, available: int) -> None:
     if size < one_sequence:
         raise StartupError(
-            f"--kv-cache-gib {size / GIB:g} holds less than one {context}-token sequence "
+            f"--kv-cache-gib {kv_cache_gib:g} holds less than one {context}-token sequence "
             f"({one_sequence / GIB:.3f} GiB); raise --kv-cache-gib or lower --max-model-len"
         )
     if size > available - weights:
         raise StartupError(
-            f"not enough memory: --kv-cache-gib {size / GIB:g} plus the weights ({weights / GIB:.2f} GiB) exceed "
+            f"not enough memory: --kv-cache-gib {kv_cache_gib:g} plus the weights ({weights / GIB:.2f} GiB) exceed "
             f"the {available / GIB:.2f} GiB available; lower --kv-cache-gib (or leave it out for a default that fits)"
         )
 
