@@ -75,6 +75,7 @@ BAD_PATHS = [
     ("too long", lambda s: "a" * 5000, "File name too long"),
     ("component too long", lambda s: "x" * 300, "File name too long"),
     ("NUL byte", lambda s: "a\x00b", "embedded null byte"),
+    ("home of an unknown user", lambda s: "~no-such-user-0/adapter", "Could not determine home directory"),  # found by fuzzing
     ("config is /dev/zero", lambda s: str(s["devzero"]), "not a regular file"),
     ("config is a FIFO", lambda s: str(s["fifo"]), "not a regular file"),
     ("config is a /proc file", lambda s: str(s["proc"]), "not valid JSON"),

@@ -79,7 +79,7 @@ def resolve_path(path: str, roots: list[Path]) -> Path:
             resolved = candidate.resolve()
             if any(resolved.is_relative_to(root.resolve()) for root in roots):
                 return resolved
-    except (OSError, ValueError) as e:  # too long, a NUL byte, a symlink loop: the OS refuses the path
+    except (OSError, ValueError, RuntimeError) as e:  # too long, a NUL byte, a symlink loop, "~nosuchuser"
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise AdapterPathError(f"adapter path {shown(path)} is not usable: {reason}", param="path") from None
     raise AdapterPathError(f"adapter path {shown(path)} is outside the allowed adapter roots", param="path")
