@@ -14,11 +14,16 @@ app.add_typer(models_app, name="models")
 optimize_app = typer.Typer(help="Merge adapters, quantize, distill draft models, estimate memory.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(optimize_app, name="optimize")
+bench_app = typer.Typer(help="Measure server settings side by side, report, and gate regressions.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 
 def fail(message: str) -> None:
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", highlight=False)
+    from rich.markup import escape
+
+    # escape(): messages quote user input and paths, and "[x]" must not be read as markup.
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -344,6 +349,117 @@ def optimize_estimate(
         measured = "-" if r.measured_weights_gib is None else f"{r.measured_weights_gib:.3f}"
         table.add_row(str(r.bits), f"{r.weights_gib:.3f}", f"{r.kv_cache_gib:.3f}", f"{r.total_gib:.3f}", f"{r.layered_gib:.3f}", measured)
     console.print(table)
+
+
+@bench_app.command("run")
+def bench_run(
+    matrix: Annotated[Path | None, typer.Argument(help="Bench matrix YAML (see examples/bench/).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Result directory (default bench-results/NAME-TIME).")] = None,
+    url: Annotated[str | None, typer.Option(help="Measure this running server instead of starting one per setting.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model (without a matrix: the one setting's model).")] = None,
+    repeat: Annotated[int | None, typer.Option(help="Runs per setting and rate (default 3).")] = None,
+    num_prompts: Annotated[int | None, typer.Option(help="Requests per run.")] = None,
+    input_len: Annotated[int | None, typer.Option(help="Synthetic prompt length (words).")] = None,
+    output_len: Annotated[int | None, typer.Option(help="Output tokens per request.")] = None,
+    request_rate: Annotated[list[float] | None, typer.Option(help="Requests/s; repeat to sweep (default inf).")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Most requests in flight.")] = None,
+    slo: Annotated[str | None, typer.Option(help="Goodput SLOs: ttft_ms=500,tpot_ms=50.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Bearer key for the servers.", envvar="TUNESERVE_API_KEY", show_envvar=True)] = None,
+    overwrite: Overwrite = False,
+):
+    """Start each setting's server exactly as `tuneserve serve`, load it, write results and a report.
+
+    Examples:
+      tuneserve bench run examples/bench/cpu.yaml
+      tuneserve bench run --url http://127.0.0.1:8000 --request-rate 2 --request-rate 8 --repeat 3
+    """
+    import datetime
+
+    from tuneserve.bench import markdown_table, run_bench
+    from tuneserve.bench.metrics import parse_slo
+    from tuneserve.bench.report import load_summary
+    from tuneserve.config import ConfigError, load_config
+
+    try:
+        base = {"settings": [{"name": "default"}]} if matrix is None else {}
+        settings = load_config(_BenchMatrix(), matrix, **base, model=model, repeat=repeat)
+        settings = _bench_overrides(settings, url, num_prompts, input_len, output_len, request_rate, max_concurrency,
+                                    slo and parse_slo(slo), api_key)
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    out = out or Path("bench-results") / f"{settings.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        run_bench(settings, out, progress=lambda line: console.print(line, highlight=False), overwrite=overwrite)
+    except (ValueError, FileExistsError) as e:
+        fail(str(e))
+    console.print(markdown_table(load_summary(out)), highlight=False, soft_wrap=True)
+    console.print(f"report: {out / 'report' / 'index.html'}")
+
+
+def _BenchMatrix():
+    from tuneserve.bench import BenchMatrix
+
+    return BenchMatrix
+
+
+def _bench_overrides(matrix, url, num_prompts, input_len, output_len, request_rate, max_concurrency, slo, api_key):
+    """Flags for the simple case, applied over the matrix and re-validated."""
+    from tuneserve.bench import BenchMatrix
+
+    data = matrix.model_dump()
+    workload = {"num_prompts": num_prompts, "input_len": input_len, "output_len": output_len}
+    data["workload"] |= {k: v for k, v in workload.items() if v is not None}
+    if request_rate:
+        data["load"]["request_rates"] = request_rate
+    if max_concurrency:
+        data["load"]["max_concurrency"] = max_concurrency
+    if slo:
+        data["slo"] = slo
+    if url:
+        data["settings"] = [s | {"url": url} for s in data["settings"]]
+    if api_key:
+        data["settings"] = [s | {"api_key": s["api_key"] or api_key} for s in data["settings"]]
+    return BenchMatrix.model_validate(data)
+
+
+@bench_app.command("report")
+def bench_report(run_dir: Annotated[Path, typer.Argument(help="A `bench run` result directory.")]):
+    """Rebuild the table, plots and HTML page of a result directory.
+
+    Example: tuneserve bench report bench-results/cpu-20261126-1200
+    """
+    from tuneserve.bench import markdown_table, write_report
+    from tuneserve.bench.report import load_summary
+
+    if not (run_dir / "summary.json").is_file():
+        fail(f"{run_dir} is not a bench result directory (no summary.json)")
+    page = write_report(run_dir)
+    console.print(markdown_table(load_summary(run_dir)), highlight=False, soft_wrap=True)
+    console.print(f"report: {page}")
+
+
+@bench_app.command("compare")
+def bench_compare(
+    a: Annotated[Path, typer.Argument(help="Baseline: result JSON, summary.json or result directory.")],
+    b: Annotated[Path, typer.Argument(help="Candidate, same forms.")],
+    fail_if: Annotated[list[str] | None, typer.Option(help='Regression rule: "output_throughput<0.95x", "p99_ttft_ms>1.10x", "failed>0".')] = None,
+):
+    """Show B against A per setting; exit 1 when a --fail-if rule is broken (for CI).
+
+    Example: tuneserve bench compare main.json pr.json --fail-if "output_throughput<0.95x"
+    """
+    from rich.markup import escape
+
+    from tuneserve.bench import compare, format_comparison, parse_rule
+
+    try:
+        comparison = compare(a, b, [parse_rule(r) for r in fail_if or []])
+    except ValueError as e:
+        fail(str(e))
+    console.print(format_comparison(comparison), highlight=False, soft_wrap=True)
+    for line in comparison.violations:
+        Console(stderr=True, soft_wrap=True).print(f"[red]regression:[/red] {escape(line)}", highlight=False)
+    raise typer.Exit(1 if comparison.violations else 0)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,9 @@ def start_server(log_dir: Path, *args: str, env: dict | None = None) -> ServerPr
     return launch([sys.executable, "-m", "tuneserve", "serve", "--port", str(port), *args], port, log_dir, env)
 
 
-def launch(cmd: list[str], port: int, log_dir: Path, env: dict | None = None) -> ServerProcess:
-    """Run `cmd`, a command that serves on 127.0.0.1:`port` (e.g. `make serve PORT=...`), until ready."""
+def launch(cmd: list[str], port: int, log_dir: Path, env: dict | None = None, ready_path: str = "/ready") -> ServerProcess:
+    """Run `cmd`, a command that serves on 127.0.0.1:`port` (e.g. `make serve PORT=...`), until
+    `ready_path` answers 200 (`/health` for `vllm serve`)."""
     log_path = Path(log_dir) / f"server-{port}.log"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
     with open(log_path, "wb") as log:
@@ -50,7 +51,7 @@ def launch(cmd: list[str], port: int, log_dir: Path, env: dict | None = None) ->
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
         try:
-            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{server.base_url}{ready_path}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

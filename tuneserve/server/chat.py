@@ -80,9 +80,11 @@ class ChatServing:
                         started.add(o.index)
                         yield chunk(_choice(o.index, Delta(role="assistant", content="")))
                     num_completion_tokens += len(o.token_ids)
+                    # finish_reason rides on the last token's chunk (as in vLLM): an empty chunk
+                    # after it would add a zero gap to every client's inter-token latency.
                     if o.text or (o.token_ids and request.logprobs):
-                        yield chunk(_choice(o.index, Delta(content=o.text), self._logprobs(request, o)))
-                    if o.finish_reason:
+                        yield chunk(_choice(o.index, Delta(content=o.text), self._logprobs(request, o), o.finish_reason))
+                    elif o.finish_reason:
                         yield chunk(_choice(o.index, Delta(), finish_reason=o.finish_reason))
         if request.include_usage:
             yield chunk(None, Usage.of(num_prompt_tokens, num_completion_tokens))

@@ -1,0 +1,221 @@
+"""`tuneserve bench run`: for each setting, start its server, warm up, measure every rate `repeat`
+times, stop it; write one JSON per setting, a summary and the report."""
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.bench.config import BenchMatrix, Setting
+from tuneserve.bench.environment import environment
+from tuneserve.bench.loadgen import run_load
+from tuneserve.bench.metrics import calculate_metrics, summarize_repeats
+from tuneserve.bench.server_process import free_port, launch, stop_server
+from tuneserve.bench.server_stats import PeakMemory, counter_deltas, scrape_counters
+from tuneserve.bench.workloads import BenchRequest, build_requests
+
+HEADLINE = ("request_throughput", "output_throughput", "median_ttft_ms", "median_tpot_ms", "p99_ttft_ms")
+
+
+@dataclass
+class Target:
+    base_url: str
+    pid: int | None  # the server's process, for memory; None for --url
+    model: str
+    headers: dict[str, str]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "setting"
+
+
+def vllm_serve_command(values: dict, port: int) -> list[str]:
+    """`vllm serve` with the model, context, threads, KV cache and eager mode tuneserve would use."""
+    from tuneserve.models import resolve_model
+    from tuneserve.server.memory import plan_kv_cache
+
+    model_dir = resolve_model(values["model"])
+    dtype = values.get("dtype", "auto")
+    kv_bytes = plan_kv_cache(model_dir, dtype, values.get("max_model_len"), values.get("kv_cache_gib")).kv_cache_bytes
+    cmd = [sys.executable, "-m", "tuneserve.bench.vllm_cli", "serve", str(model_dir), "--port", str(port),
+           "--served-model-name", values["model"], "--dtype", dtype, "--kv-cache-memory-bytes", str(kv_bytes),
+           "--seed", str(values.get("seed", 0))]
+    if values.get("enforce_eager", True):  # tuneserve's CPU default
+        cmd.append("--enforce-eager")
+    for key in ("max_model_len", "max_num_seqs"):
+        if values.get(key):
+            cmd += [f"--{key.replace('_', '-')}", str(values[key])]
+    if not values.get("prefix_caching", True):
+        cmd.append("--no-enable-prefix-caching")
+    return cmd
+
+
+def cpu_thread_env(cpu_threads: int | None) -> dict[str, str]:
+    """The OpenMP settings `tuneserve serve` gives vLLM on CPU (every usable core by default)."""
+    cores = sorted(os.sched_getaffinity(0))
+    num_threads = min(cpu_threads or len(cores), len(cores))
+    return {"OMP_NUM_THREADS": str(num_threads), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:num_threads]))}
+
+
+@contextlib.contextmanager
+def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Target]:
+    """The setting's server, started exactly as `tuneserve serve --config` would start it (or
+    `vllm serve` for the peer, or nothing for a URL), stopped afterwards."""
+    values = matrix.serve_config_for(setting)
+    name = (values.get("served_model_name") or [values["model"]])[0]
+    key = setting.api_key or os.environ.get("TUNESERVE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if setting.url:
+        yield Target(setting.url.rstrip("/"), None, _served_name(setting.url, name, headers), headers)
+        return
+    port = free_port()
+    if setting.engine == "vllm":
+        cmd, ready = vllm_serve_command(values, port), "/health"
+        env = cpu_thread_env(values.get("cpu_threads"))
+    else:
+        config = log_dir / f"{slug(setting.name)}.yaml"
+        config.write_text(yaml.safe_dump(values))
+        cmd, ready, env = [sys.executable, "-m", "tuneserve", "serve", "--config", str(config), "--port", str(port)], "/ready", None
+    server = launch(cmd, port, log_dir, env=env, ready_path=ready)
+    try:
+        yield Target(server.base_url, server.process.pid, name, headers)
+    finally:
+        stop_server(server)
+
+
+def _served_name(url: str, wanted: str, headers: dict) -> str:
+    response = httpx.get(f"{url.rstrip('/')}/v1/models", headers=headers, timeout=30)
+    if response.status_code != 200:
+        raise RuntimeError(f"{url}/v1/models answered {response.status_code}: {response.text[:200]}")
+    models = response.json()["data"]
+    ids = [m["id"] for m in models]
+    return wanted if wanted in ids else ids[0]
+
+
+async def _warm_up(client: httpx.AsyncClient, requests: list[BenchRequest], count: int) -> None:
+    from tuneserve.bench.loadgen import send
+
+    for request in requests[:count]:
+        await send(client, BenchRequest(request.model, request.messages, 8, True), 0.0, 0, 0.0)
+
+
+def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progress: Callable[[str], None]) -> dict:
+    """Every rate, `matrix.repeat` times, against a running server; raw timings kept."""
+    workload = matrix.workload_for(setting)
+    nonce = uuid.uuid4().hex[:6]
+    rates = []
+    with httpx.Client(base_url=target.base_url, headers=target.headers) as sync_client:
+        warm = build_requests(workload, target.model, f"warmup-{nonce}", matrix.seed)
+        asyncio.run(_with_client(target, lambda c: _warm_up(c, warm, matrix.load.warmup_requests)))
+        peak_rss = 0
+        for rate in matrix.load.request_rates:
+            repeats = []
+            for rep in range(matrix.repeat):
+                # The same seed every repeat and setting: the same lengths and adapter mix, so
+                # only the server differs; the tag alone makes each run's prompts new.
+                tag = f"{slug(setting.name)}-{nonce}-r{rate}-{rep}"
+                requests = build_requests(workload, target.model, tag, matrix.seed)
+                before = scrape_counters(sync_client)
+                with PeakMemory(target.pid) as memory:
+                    results, duration_s = asyncio.run(_with_client(target, lambda c: run_load(
+                        c, requests, rate, matrix.load.burstiness, matrix.load.max_concurrency,
+                        matrix.temperature, matrix.seed)))
+                metrics = calculate_metrics(results, duration_s, matrix.slo)
+                metrics["server"] = counter_deltas(before, scrape_counters(sync_client))
+                metrics["peak_rss_bytes"] = memory.peak_rss_bytes
+                metrics["peak_gpu_bytes"] = memory.peak_gpu_bytes
+                peak_rss = max(peak_rss, memory.peak_rss_bytes)
+                repeats.append({"metrics": metrics, "requests": [r.to_dict() for r in results]})
+                progress(f"  rate {_rate(rate)} repeat {rep + 1}/{matrix.repeat}: {metrics['output_throughput']:.1f} "
+                         f"tok/s, median TTFT {metrics['median_ttft_ms']:.0f} ms, {metrics['failed']} failed")
+            rates.append({"request_rate": rate, "summary": summarize_repeats([r["metrics"] for r in repeats]),
+                          "repeats": repeats})
+    return {"rates": rates, "peak_rss_bytes": peak_rss}
+
+
+async def _with_client(target: Target, work):
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=target.base_url, headers=target.headers, timeout=httpx.Timeout(600.0),
+                                 limits=limits) as client:
+        return await work(client)
+
+
+def _rate(rate: float) -> str:
+    return "inf" if math.isinf(rate) else f"{rate:g}/s"
+
+
+def setting_result(matrix: BenchMatrix, setting: Setting, measured: dict, env: dict) -> dict:
+    """vLLM's result keys (medians over repeats at the first rate) plus tuneserve's."""
+    first = measured["rates"][0]["summary"]
+    result = {key: value["median"] for key, value in first.items()}
+    result |= {
+        "date": env["date"], "backend": "openai-chat", "label": setting.name, "model_id": matrix.model,
+        "num_prompts": matrix.workload_for(setting).num_prompts, "request_rate": measured["rates"][0]["request_rate"],
+        "burstiness": matrix.load.burstiness, "max_concurrency": matrix.load.max_concurrency,
+        "setting": redact(setting.model_dump()), "serve_config": redact(matrix.serve_config_for(setting)),
+        "workload": matrix.workload_for(setting).model_dump(), "repeat": matrix.repeat,
+        "spread": {key: {"min": v["min"], "max": v["max"]} for key, v in first.items()},
+        "peak_rss_bytes": measured["peak_rss_bytes"], "rates": measured["rates"], "environment": env,
+    }
+    return result
+
+
+def run_bench(matrix: BenchMatrix, out_dir: Path, progress: Callable[[str], None] = print, overwrite: bool = False) -> Path:
+    """Measure every setting of `matrix`; write `out_dir` (results, summary.json, report/)."""
+    from tuneserve.bench.report import write_report
+
+    env = environment()
+    with atomic_artifact(out_dir, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory() as log_dir:
+        summary = []
+        for i, setting in enumerate(matrix.settings, 1):
+            progress(f"[{i}/{len(matrix.settings)}] {setting.name}")
+            try:
+                with serving(matrix, setting, Path(log_dir)) as target:
+                    result = setting_result(matrix, setting, measure_setting(matrix, setting, target, progress), env)
+            except RuntimeError as e:  # the server did not start: record it, measure the rest
+                progress(f"  failed: {str(e).splitlines()[0]}")
+                result = {"label": setting.name, "error": str(e)[-4000:], "setting": redact(setting.model_dump()), "environment": env}
+            (tmp / f"{slug(setting.name)}.json").write_text(json.dumps(finite(result), indent=1) + "\n")
+            summary.append({k: v for k, v in result.items() if k != "rates"})
+        (tmp / "summary.json").write_text(json.dumps(finite(
+            {"name": matrix.name, "environment": env, "matrix": _public(matrix), "settings": summary}), indent=1) + "\n")
+        write_report(tmp)
+        write_manifest(tmp, Manifest(kind="bench-result", recipe=finite(_public(matrix)),
+                                     metrics={s["label"]: {k: s.get(k) for k in HEADLINE} for s in summary}))
+    return out_dir
+
+
+def redact(value):
+    """Keys never reach result files: any `api_key` value becomes "<redacted>"."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if k == "api_key" and v else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _public(matrix: BenchMatrix) -> dict:
+    return redact(matrix.model_dump())
+
+
+def finite(value):
+    """JSON has no infinity: an unbounded rate is written "inf", as vLLM writes it."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value

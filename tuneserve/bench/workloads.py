@@ -1,0 +1,98 @@
+"""The requests of a bench run: synthetic chats, ShareGPT conversations, demo tasks, adapter mixes.
+
+Every prompt starts with a tag unique to (setting, rate, repeat, index), so the prefix cache
+cannot serve one run from an earlier one: a later setting is not flattered by the ones before.
+"""
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneserve.bench.config import Workload
+
+# Common English words that are one token each for Llama/SmolLM/GPT-style tokenizers, so that
+# `input_len` words is close to `input_len` tokens (the server's usage gives the exact count).
+WORDS = (
+    "time year people way day man thing woman life child world school state family student group "
+    "country problem hand part place case week company system program question work government number "
+    "night point home water room mother area money story fact month lot right study book eye job word "
+    "business issue side kind head house service friend father power hour game line end member law car "
+    "city community name president team minute idea kid body information back parent face others level "
+    "office door health person art war history party result change morning reason research girl guy "
+    "moment air teacher force education"
+).split()
+
+
+@dataclass
+class BenchRequest:
+    model: str
+    messages: list[dict]
+    max_tokens: int
+    ignore_eos: bool
+
+
+def build_requests(workload: Workload, default_model: str, tag: str, seed: int) -> list[BenchRequest]:
+    """`workload.num_prompts` requests; the same seed gives the same lengths and model mix."""
+    rng = random.Random(seed)
+    prompts = _prompts(workload, rng)
+    names = list(workload.models or {default_model: 1.0})
+    weights = list((workload.models or {default_model: 1.0}).values())
+    requests = []
+    for i, (text, max_tokens, ignore_eos) in enumerate(prompts):
+        model = rng.choices(names, weights)[0]
+        content = f"[{tag}-{i}] {text}" if workload.unique_prefix else text
+        ignore_eos = ignore_eos if workload.ignore_eos is None else workload.ignore_eos
+        requests.append(BenchRequest(model, [{"role": "user", "content": content}], max_tokens, ignore_eos))
+    return requests
+
+
+def _prompts(workload: Workload, rng: random.Random) -> list[tuple[str, int, bool]]:
+    if workload.kind == "synthetic":
+        return [_synthetic(workload, rng) for _ in range(workload.num_prompts)]
+    if workload.kind == "sharegpt":
+        return _cycle(sharegpt_prompts(Path(workload.path), workload.output_len), workload.num_prompts, rng)
+    return _cycle(demo_prompts(workload.task, workload.output_len), workload.num_prompts, rng)
+
+
+def _vary(length: int, range_ratio: float, rng: random.Random) -> int:
+    low, high = int(length * (1 - range_ratio)), int(length * (1 + range_ratio))
+    return max(1, rng.randint(low, high))
+
+
+def _synthetic(workload: Workload, rng: random.Random) -> tuple[str, int, bool]:
+    num_words = _vary(workload.input_len, workload.range_ratio, rng)
+    text = " ".join(rng.choice(WORDS) for _ in range(num_words))
+    return text, _vary(workload.output_len, workload.range_ratio, rng), True
+
+
+def _cycle(prompts: list[tuple[str, int, bool]], count: int, rng: random.Random) -> list[tuple[str, int, bool]]:
+    prompts = list(prompts)
+    rng.shuffle(prompts)
+    return [prompts[i % len(prompts)] for i in range(count)]
+
+
+def sharegpt_prompts(path: Path, max_output_len: int) -> list[tuple[str, int, bool]]:
+    """First human turn as the prompt; the reply's length (words x 4/3, about tokens) as max_tokens."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"workload.path: cannot read ShareGPT JSON {path}: {e}") from None
+    prompts = []
+    for row in rows if isinstance(rows, list) else []:
+        turns = row.get("conversations") if isinstance(row, dict) else None
+        if not isinstance(turns, list) or len(turns) < 2:
+            continue
+        prompt, reply = turns[0].get("value"), turns[1].get("value")
+        if isinstance(prompt, str) and isinstance(reply, str) and prompt.strip():
+            prompts.append((prompt, max(1, min(max_output_len, len(reply.split()) * 4 // 3)), False))
+    if not prompts:
+        raise ValueError(f"workload.path: {path} holds no ShareGPT conversations (a list of "
+                         '{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]})')
+    return prompts
+
+
+def demo_prompts(task: str, max_output_len: int) -> list[tuple[str, int, bool]]:
+    from tuneserve.finetune.demo import demo_samples, task_names
+
+    return [(s.prompt, max_output_len, False) for t in task_names(task) for s in demo_samples(t, "held_out")]
