@@ -62,6 +62,12 @@ def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> None:
     os.replace(tmp, path)
 
 
+def refuse_existing(out: str | Path, overwrite: bool, what: str = "") -> None:
+    """Fail early (before any expensive work) when `out` exists and may not be replaced."""
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{what}{out} already exists (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_artifact(final_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `final_dir`; rename it into place only on success.
@@ -69,8 +75,7 @@ def atomic_artifact(final_dir: str | Path, overwrite: bool = False) -> Iterator[
     A crash or an exception leaves `final_dir` as it was (absent, or the previous artifact).
     """
     final_dir = Path(final_dir)
-    if final_dir.exists() and not overwrite:
-        raise FileExistsError(f"{final_dir} already exists (pass --overwrite to replace it)")
+    refuse_existing(final_dir, overwrite)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
     try:

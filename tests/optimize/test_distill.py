@@ -79,5 +79,5 @@ def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(OptimizeError, match="--steps and the batch size must be at least 1"):
         run_distill(None, str(tmp_path / "a"), student_layers_count=4, steps=0)
     (tmp_path / "exists").mkdir()
-    with pytest.raises(OptimizeError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--overwrite"):  # the one check every stage shares
         run_distill(None, str(tmp_path / "exists"), student_layers_count=4)

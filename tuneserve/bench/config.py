@@ -123,7 +123,7 @@ class BenchMatrix(BaseModel):
 
     def serve_config_for(self, setting: Setting) -> dict[str, Any]:
         """The setting's `tuneserve serve` YAML, checked against ServeConfig (bad keys named)."""
-        from tuneserve.server.config import ServeConfig
+        from tuneserve.server import ServeConfig
 
         values = {"model": self.model, "seed": self.seed} | setting.serve
         try:

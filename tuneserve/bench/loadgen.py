@@ -102,7 +102,7 @@ async def run_load(
         return result
 
     tasks = []
-    for i, (gap, request) in enumerate(zip(arrival_gaps_s(len(requests), request_rate, burstiness, seed), requests)):
+    for i, (gap, request) in enumerate(zip(arrival_gaps_s(len(requests), request_rate, burstiness, seed), requests, strict=True)):
         if gap:
             await asyncio.sleep(gap)
         tasks.append(asyncio.create_task(one(i, request)))

@@ -81,8 +81,8 @@ def write_plots(run_dir: Path, out: Path) -> list[Path]:
     for key, title, name in (("output_throughput", "output tokens/s", "throughput"), ("median_ttft_ms", "median TTFT (ms)", "ttft")):
         fig, ax = plt.subplots(figsize=(8, 0.5 * len(results) + 1.8))
         medians = [r[key] for r in results]
-        errors = [[m - r["spread"][key]["min"] for m, r in zip(medians, results)],
-                  [r["spread"][key]["max"] - m for m, r in zip(medians, results)]]
+        errors = [[m - r["spread"][key]["min"] for m, r in zip(medians, results, strict=True)],
+                  [r["spread"][key]["max"] - m for m, r in zip(medians, results, strict=True)]]
         ax.barh(labels, medians, xerr=errors, color="#4C72B0", capsize=4)
         ax.invert_yaxis()
         ax.set_xlabel(f"{title}: median of {summary['matrix']['repeat']} runs, bars min-max")

@@ -25,6 +25,7 @@ from tuneserve.bench.metrics import calculate_metrics, summarize_repeats
 from tuneserve.bench.server_process import free_port, launch, stop_server
 from tuneserve.bench.server_stats import PeakMemory, counter_deltas, scrape_counters
 from tuneserve.bench.workloads import BenchRequest, build_requests
+from tuneserve.models.engine import cpu_thread_env
 
 HEADLINE = ("request_throughput", "output_throughput", "median_ttft_ms", "median_tpot_ms", "p99_ttft_ms")
 
@@ -62,13 +63,6 @@ def vllm_serve_command(values: dict, port: int) -> list[str]:
     return cmd
 
 
-def cpu_thread_env(cpu_threads: int | None) -> dict[str, str]:
-    """The OpenMP settings `tuneserve serve` gives vLLM on CPU (every usable core by default)."""
-    cores = sorted(os.sched_getaffinity(0))
-    num_threads = min(cpu_threads or len(cores), len(cores))
-    return {"OMP_NUM_THREADS": str(num_threads), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:num_threads]))}
-
-
 @contextlib.contextmanager
 def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Target]:
     """The setting's server, started exactly as `tuneserve serve --config` would start it (or
@@ -83,7 +77,7 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
     port = free_port()
     if setting.engine == "vllm":
         cmd, ready = vllm_serve_command(values, port), "/health"
-        env = cpu_thread_env(values.get("cpu_threads"))
+        env = cpu_thread_env(values.get("cpu_threads"))  # what `tuneserve serve` gives its engine
     else:
         config = log_dir / f"{slug(setting.name)}.yaml"
         config.write_text(yaml.safe_dump(values))
@@ -115,34 +109,41 @@ def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progr
     """Every rate, `matrix.repeat` times, against a running server; raw timings kept."""
     workload = matrix.workload_for(setting)
     nonce = uuid.uuid4().hex[:6]
+    warm = build_requests(workload, target.model, f"warmup-{nonce}", matrix.seed)
+    asyncio.run(_with_client(target, lambda c: _warm_up(c, warm, matrix.load.warmup_requests)))
     rates = []
-    with httpx.Client(base_url=target.base_url, headers=target.headers) as sync_client:
-        warm = build_requests(workload, target.model, f"warmup-{nonce}", matrix.seed)
-        asyncio.run(_with_client(target, lambda c: _warm_up(c, warm, matrix.load.warmup_requests)))
-        peak_rss = 0
-        for rate in matrix.load.request_rates:
-            repeats = []
-            for rep in range(matrix.repeat):
-                # The same seed every repeat and setting: the same lengths and adapter mix, so
-                # only the server differs; the tag alone makes each run's prompts new.
-                tag = f"{slug(setting.name)}-{nonce}-r{rate}-{rep}"
-                requests = build_requests(workload, target.model, tag, matrix.seed)
-                before = scrape_counters(sync_client)
-                with PeakMemory(target.pid) as memory:
-                    results, duration_s = asyncio.run(_with_client(target, lambda c: run_load(
-                        c, requests, rate, matrix.load.burstiness, matrix.load.max_concurrency,
-                        matrix.temperature, matrix.seed)))
-                metrics = calculate_metrics(results, duration_s, matrix.slo)
-                metrics["server"] = counter_deltas(before, scrape_counters(sync_client))
-                metrics["peak_rss_bytes"] = memory.peak_rss_bytes
-                metrics["peak_gpu_bytes"] = memory.peak_gpu_bytes
-                peak_rss = max(peak_rss, memory.peak_rss_bytes)
-                repeats.append({"metrics": metrics, "requests": [r.to_dict() for r in results]})
-                progress(f"  rate {_rate(rate)} repeat {rep + 1}/{matrix.repeat}: {metrics['output_throughput']:.1f} "
-                         f"tok/s, median TTFT {metrics['median_ttft_ms']:.0f} ms, {metrics['failed']} failed")
-            rates.append({"request_rate": rate, "summary": summarize_repeats([r["metrics"] for r in repeats]),
-                          "repeats": repeats})
-    return {"rates": rates, "peak_rss_bytes": peak_rss}
+    for rate in matrix.load.request_rates:
+        repeats = []
+        for rep in range(matrix.repeat):
+            # The same seed every repeat and setting: the same lengths and adapter mix, so only
+            # the server differs; the tag alone makes each run's prompts new.
+            requests = build_requests(workload, target.model, f"{slug(setting.name)}-{nonce}-r{rate}-{rep}", matrix.seed)
+            repeats.append(measure_once(matrix, target, requests, rate))
+            m = repeats[-1]["metrics"]
+            progress(f"  rate {_rate(rate)} repeat {rep + 1}/{matrix.repeat}: {m['output_throughput']:.1f} tok/s, "
+                     f"median TTFT {m['median_ttft_ms']:.0f} ms, {m['failed']} failed")
+        rates.append({"request_rate": rate, "summary": summarize_repeats([r["metrics"] for r in repeats]),
+                      "repeats": repeats})
+    peak = max(r["metrics"]["peak_rss_bytes"] for rate in rates for r in rate["repeats"])
+    return {"rates": rates, "peak_rss_bytes": peak}
+
+
+def measure_once(matrix: BenchMatrix, target: Target, requests: list[BenchRequest], rate: float) -> dict:
+    """One run: its metrics, the server's counter deltas and peak memory, and the raw requests."""
+    load = matrix.load
+
+    async def work(client):
+        return await run_load(client, requests, rate, load.burstiness, load.max_concurrency, matrix.temperature, matrix.seed)
+
+    with httpx.Client(base_url=target.base_url, headers=target.headers) as metrics_client:
+        before = scrape_counters(metrics_client)
+        with PeakMemory(target.pid) as memory:
+            results, duration_s = asyncio.run(_with_client(target, work))
+        after = scrape_counters(metrics_client)
+    metrics = calculate_metrics(results, duration_s, matrix.slo)
+    metrics |= {"server": counter_deltas(before, after), "peak_rss_bytes": memory.peak_rss_bytes,
+                "peak_gpu_bytes": memory.peak_gpu_bytes}
+    return {"metrics": metrics, "requests": [r.to_dict() for r in results]}
 
 
 async def _with_client(target: Target, work):

@@ -93,6 +93,6 @@ def sharegpt_prompts(path: Path, max_output_len: int) -> list[tuple[str, int, bo
 
 
 def demo_prompts(task: str, max_output_len: int) -> list[tuple[str, int, bool]]:
-    from tuneserve.finetune.demo import demo_samples, task_names
+    from tuneserve.data import demo_samples, task_names
 
     return [(s.prompt, max_output_len, False) for t in task_names(task) for s in demo_samples(t, "held_out")]

@@ -1,8 +1,8 @@
 """Finetune: YAML recipes -> TRL trainers (SFT, DPO, ORPO, reward) -> PEFT adapters + manifests."""
 
-from tuneserve.finetune.data import DataError
+from tuneserve.data import DataError
+from tuneserve.evals import run_eval
 from tuneserve.finetune.dpo import run_dpo
-from tuneserve.finetune.evaluate import run_eval
 from tuneserve.finetune.orpo import run_orpo
 from tuneserve.finetune.recipe import Recipe
 from tuneserve.finetune.reward import run_reward

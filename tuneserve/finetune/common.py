@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.artifacts import Manifest, atomic_artifact, refuse_existing, write_manifest
 from tuneserve.finetune.data import load_rows
 from tuneserve.finetune.recipe import Recipe
-from tuneserve.models import model_fingerprint, resolve_model
+from tuneserve.models import resolve_model
+from tuneserve.models.identity import base_identity
 
 logger = logging.getLogger("tuneserve.finetune")
 
@@ -47,9 +48,7 @@ RUN_FILE = "run.json"  # in the checkpoint directory: the recipe those checkpoin
 
 def prepare(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Run:
     """Everything that can fail cheaply fails here, before a model loads."""
-    out = Path(recipe.output_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output_dir {out} already exists (pass --overwrite to replace it)")
+    refuse_existing(recipe.output_dir, overwrite, what="output_dir ")
     if resume:
         _check_resumable(recipe)
     model_dir = resolve_model(recipe.base_model)
@@ -203,7 +202,7 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False)
             trainer.processing_class.save_pretrained(str(tmp))
         manifest = Manifest(
             kind="model" if r.adapter == "full" else kind,
-            base_model={"name": r.base_model, "path": str(run.model_dir), "sha256": model_fingerprint(run.model_dir)},
+            base_model=base_identity(r.base_model, run.model_dir),
             recipe=r.model_dump(mode="json"),
             metrics=run.metrics | {"dataset_sha256": run.dataset_hashes},
             parents=[str(run.model_dir)],
@@ -215,8 +214,8 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False)
 
 def demo_eval(run: Run, model_or_adapter: Path | None = None) -> dict | None:
     """Held-out demo scores of the base (None), an adapter dir, or a full model dir."""
-    from tuneserve.finetune.demo import task_names
-    from tuneserve.finetune.evaluate import evaluate, load_eval_samples
+    from tuneserve.data import task_names
+    from tuneserve.evals import evaluate, load_eval_samples
 
     r = run.recipe
     tasks = sorted({t for spec in r.datasets if spec.is_demo for t in task_names(spec.path.removeprefix("demo:"))})

@@ -5,36 +5,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuneserve.data import DatasetSpec
 from tuneserve.models.aliases import DEFAULT_MODEL
 
 Method = Literal["sft", "dpo", "orpo", "reward"]
-DatasetType = Literal["alpaca", "messages", "preference", "text", "demo"]
 PREFERENCE_METHODS = ("dpo", "orpo", "reward")
-
-
-class DatasetSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    path: str = Field(description="A JSONL file, or `demo:<task>` (`demo:all` for every demo task).")
-    type: DatasetType | None = Field(
-        None,
-        description="alpaca (instruction/input/output), messages (chat), preference "
-        "(prompt/chosen/rejected), text; inferred for demo data.",
-    )
-
-    @property
-    def is_demo(self) -> bool:
-        return self.path.startswith("demo:")
-
-    @model_validator(mode="after")
-    def _type_given(self):
-        if self.type is None and not self.is_demo:
-            raise ValueError(f"{self.path}: give its type (alpaca, messages, preference or text)")
-        if self.type == "demo" and not self.is_demo:
-            raise ValueError(f"{self.path}: type 'demo' is only for demo:<task> paths")
-        return self
-
-
 class Recipe(BaseModel):
     """Everything a training run needs. Each field is also a `--set key=value` override."""
 

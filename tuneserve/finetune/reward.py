@@ -25,7 +25,7 @@ def pair_accuracy(run: Run, adapter_dir: Path | None) -> dict | None:
     import torch
     from transformers import AutoTokenizer
 
-    from tuneserve.finetune.evaluate import load_eval_samples
+    from tuneserve.evals import load_eval_samples
 
     if run.recipe.eval_samples == 0 or not any(spec.is_demo for spec in run.recipe.datasets):
         return None

@@ -12,7 +12,7 @@ from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, write_
 from tuneserve.config import models_dir
 from tuneserve.models.aliases import ALIASES, DEFAULT_MODEL
 from tuneserve.models.errors import ModelError
-from tuneserve.models.facts import model_fingerprint
+from tuneserve.models.identity import base_identity
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -53,7 +53,7 @@ def import_model(ref: str, force: bool = False) -> Path:
         convert_gguf(gguf_path, tmp)
         manifest = Manifest(
             kind="model",
-            base_model={"name": name, "sha256": model_fingerprint(tmp)},
+            base_model=base_identity(name, tmp) | {"path": str(out_dir)},
             recipe={"import": {"gguf_file": str(gguf_path), "dtype": "bfloat16"}},
         )
         write_manifest(tmp, manifest)

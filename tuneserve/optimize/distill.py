@@ -71,16 +71,17 @@ def run_distill(
     overwrite: bool = False,
 ) -> Path:
     """`tuneserve optimize distill`: build (or take) a student, distill, evaluate, save."""
-    from tuneserve.finetune.data import spread
-    from tuneserve.finetune.evaluate import evaluate, load_eval_samples
-    from tuneserve.models import model_facts, model_fingerprint, resolve_model
+    from tuneserve.artifacts import refuse_existing
+    from tuneserve.data import spread
+    from tuneserve.evals import evaluate, load_eval_samples
+    from tuneserve.models import model_facts, resolve_model
+    from tuneserve.models.identity import base_identity
 
     if (student_layers_count is None) == (student is None):
         raise OptimizeError("give exactly one of --student-layers N or --student REF")
     if steps < 1 or batch_size < 1:
         raise OptimizeError(f"--steps and the batch size must be at least 1, got {steps} and {batch_size}")
-    if Path(out).exists() and not overwrite:
-        raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     teacher_dir = resolve_model(teacher)
     prompts = spread(_prompts(data), steps * batch_size)  # the teacher answers only what training sees
     held_out = load_eval_samples("all", num_samples=eval_samples) if eval_samples else []
@@ -97,7 +98,7 @@ def run_distill(
             metrics["eval_student_after"] = evaluate(tmp, held_out)
         write_manifest(tmp, Manifest(
             kind="student",
-            base_model={"name": teacher or teacher_dir.name, "path": str(teacher_dir), "sha256": model_fingerprint(teacher_dir)},
+            base_model=base_identity(teacher or teacher_dir.name, teacher_dir),
             recipe={"distill": {"data": data, "teacher_layers_kept": kept, "steps": steps, "learning_rate": learning_rate,
                                 "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
                                 "num_params": model_facts(tmp).num_params}},
@@ -108,9 +109,7 @@ def run_distill(
 
 
 def _prompts(data: str) -> list[list[dict]]:
-    from tuneserve.finetune.data import DataError, file_rows
-    from tuneserve.finetune.demo import demo_samples, task_names
-    from tuneserve.finetune.recipe import DatasetSpec
+    from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, task_names
 
     try:
         if data.endswith(".jsonl"):
@@ -138,10 +137,11 @@ def _teacher_answers(teacher_dir: Path, prompts: list[list[dict]]) -> list[tuple
 
     from transformers import AutoTokenizer
 
-    from tuneserve.finetune.evaluate import greedy_answers, prompt_ids
+    from tuneserve.evals import greedy_answers
+    from tuneserve.models.engine import chat_prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    prompt_token_ids = [prompt_ids(tokenizer, p) for p in prompts]
+    prompt_token_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
     answers = asyncio.run(greedy_answers(teacher_dir, prompt_token_ids, max_tokens=96))
     return [(ids + answer, len(ids)) for ids, answer in zip(prompt_token_ids, answers, strict=True)]
 

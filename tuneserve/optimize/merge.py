@@ -1,10 +1,9 @@
 """Fold a LoRA/QLoRA adapter into a full bf16 model, and report how faithful the result is."""
 
-import json
 from pathlib import Path
 from typing import Literal
 
-from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, write_manifest
+from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, refuse_existing, write_manifest
 from tuneserve.optimize.errors import OptimizeError
 
 MergeMode = Literal["dequantized", "original"]
@@ -31,8 +30,7 @@ def run_merge(adapter: str, out: str, base: str | None = None, mode: MergeMode |
     mode = mode or ("dequantized" if is_qlora else "original")
     if mode == "dequantized" and not is_qlora:
         raise OptimizeError("--mode dequantized applies to QLoRA adapters; this adapter was trained on a bf16 base")
-    if Path(out).exists() and not overwrite:
-        raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     from transformers import AutoTokenizer
 
     from tuneserve.models.merge import load_with_adapter, merge_lora
@@ -55,32 +53,31 @@ def run_merge(adapter: str, out: str, base: str | None = None, mode: MergeMode |
 
 
 def _inputs(adapter: str, base: str | None) -> tuple[Path, dict, Path]:
-    from tuneserve.models import model_fingerprint, resolve_model
+    from tuneserve.models import ModelError, model_fingerprint, resolve_model
+    from tuneserve.models.identity import base_mismatch, read_adapter_config
 
     adapter_dir = Path(adapter).expanduser()
-    config_path = adapter_dir / "adapter_config.json"
-    if not config_path.is_file():
-        raise OptimizeError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        config = read_adapter_config(adapter_dir)
+    except ModelError as e:
+        raise OptimizeError(str(e)) from None
     manifest = read_manifest(adapter_dir)
     trained_on = manifest.base_model if manifest else {}
-    base_ref = base or trained_on.get("name") or json.loads(config_path.read_text()).get("base_model_name_or_path")
+    base_ref = base or trained_on.get("name") or config.get("base_model_name_or_path")
     if not base_ref:
         raise OptimizeError(f"{adapter}: no base model recorded; pass --base")
     base_dir = resolve_model(base_ref)
-    if trained_on.get("sha256") and trained_on["sha256"] != model_fingerprint(base_dir):
-        raise OptimizeError(
-            f"adapter/base mismatch: {adapter} was trained on {trained_on.get('name')} "
-            f"(fingerprint {trained_on['sha256'][:12]}), not {base_ref}"
-        )
+    reason = base_mismatch(adapter_dir, config, model_fingerprint(base_dir), {base_ref, str(base_dir), base_dir.name})
+    if reason:
+        raise OptimizeError(f"adapter/base mismatch: {adapter}: {reason}")
     return adapter_dir, (manifest.recipe if manifest else {}), base_dir
 
 
 def _base_identity(adapter_dir: Path, base_dir: Path) -> dict:
-    from tuneserve.models import model_fingerprint
+    from tuneserve.models.identity import base_identity
 
     manifest = read_manifest(adapter_dir)
-    name = manifest.base_model.get("name") if manifest else base_dir.name
-    return {"name": name, "path": str(base_dir), "sha256": model_fingerprint(base_dir)}
+    return base_identity(manifest.base_model.get("name") if manifest else base_dir.name, base_dir)
 
 
 def _load_plain(model_dir: Path):

@@ -52,9 +52,7 @@ def calibration_texts(model_dir: Path, calibration: str, num_samples: int) -> li
     """Chat-formatted prompt + answer texts from a demo task (or `all`) or a JSONL file."""
     from transformers import AutoTokenizer
 
-    from tuneserve.finetune.data import DataError, file_rows, spread
-    from tuneserve.finetune.demo import demo_samples, task_names
-    from tuneserve.finetune.recipe import DatasetSpec
+    from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, spread, task_names
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if Path(calibration).suffix == ".jsonl":
@@ -95,12 +93,13 @@ def run_quantize(
     overwrite: bool = False,
 ) -> Path:
     """`tuneserve optimize quantize`: quantize, evaluate before/after, write the artifact."""
-    from tuneserve.models import model_facts, model_fingerprint, resolve_model
+    from tuneserve.artifacts import refuse_existing
+    from tuneserve.models import model_facts, resolve_model
+    from tuneserve.models.identity import base_identity
 
     if samples < MIN_CALIBRATION_SAMPLES:
         raise OptimizeError(f"--samples {samples}: too few calibration samples (at least {MIN_CALIBRATION_SAMPLES})")
-    if Path(out).exists() and not overwrite:
-        raise OptimizeError(f"{out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     model_dir = resolve_model(model)
     facts = model_facts(model_dir)
     group_size = group_size_for(facts) if scheme == "w4a16" else None
@@ -115,7 +114,7 @@ def run_quantize(
         metrics = _quality_and_size(model_dir, tmp, eval_samples)
         write_manifest(tmp, Manifest(
             kind="quantized-model",
-            base_model={"name": model or model_dir.name, "path": str(model_dir), "sha256": model_fingerprint(model_dir)},
+            base_model=base_identity(model or model_dir.name, model_dir),
             recipe={"quantize": {"scheme": scheme, "group_size": group_size, "calibration": calibration, "samples": len(texts), "tool": "llm-compressor GPTQ" + (" + SmoothQuant" if scheme == "w8a8" else "")}},
             metrics=metrics,
             parents=[str(model_dir)],
@@ -144,7 +143,7 @@ def _run_worker(python: Path, model_dir: Path, out: Path, scheme: str, calibrati
 
 
 def _quality_and_size(model_dir: Path, quantized_dir: Path, eval_samples: int) -> dict:
-    from tuneserve.finetune.evaluate import evaluate, load_eval_samples
+    from tuneserve.evals import evaluate, load_eval_samples
 
     sizes = {name: sum(p.stat().st_size for p in d.glob("*.safetensors")) for name, d in (("before", model_dir), ("after", quantized_dir))}
     metrics: dict = {"weights_bytes_before": sizes["before"], "weights_bytes_after": sizes["after"],

@@ -6,7 +6,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneserve.artifacts import read_manifest
 from tuneserve.models.facts import safetensors_header
 from tuneserve.server.errors import ClientError
 
@@ -251,21 +250,8 @@ def _check_finite(weights: Path) -> None:
 
 
 def _check_base(path: Path, config: dict, base: ServedBase) -> None:
-    manifest = read_manifest(path)
-    trained_on = (manifest.base_model.get("sha256") if manifest else None)
-    if trained_on is not None:
-        if trained_on != base.fingerprint:
-            raise AdapterBaseMismatchError(
-                f"adapter was trained on {manifest.base_model.get('name')} (fingerprint {trained_on[:12]}), "
-                f"not the served model (fingerprint {base.fingerprint[:12]}); pass force to load anyway",
-                param="path",
-            )
-        return
-    named = str(config.get("base_model_name_or_path") or "")
-    known = {*base.names, str(base.path), base.path.name}
-    if named and named not in known and Path(named).name not in known:
-        raise AdapterBaseMismatchError(
-            f"adapter was trained on {named!r}, not the served model ({', '.join(base.names)}); "
-            "pass force to load anyway",
-            param="path",
-        )
+    from tuneserve.models.identity import base_mismatch
+
+    reason = base_mismatch(path, config, base.fingerprint, {*base.names, str(base.path), base.path.name})
+    if reason:
+        raise AdapterBaseMismatchError(f"{reason}; pass force to load anyway", param="path")

@@ -1,7 +1,6 @@
 """The engine behind the server: a small interface, and the vLLM AsyncLLM that fulfils it."""
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,36 +35,6 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
-def tokens_prompt(token_ids: list[int]) -> Any:
-    """Engine input for already-tokenized prompts (the server tokenizes to check lengths)."""
-    try:
-        from vllm.inputs import tokens_input
-    except ImportError:  # vLLM releases before the renderer refactor take the TypedDict
-        from vllm.inputs import TokensPrompt
-
-        return TokensPrompt(prompt_token_ids=token_ids)
-    return tokens_input(token_ids)
-
-
-def is_cpu_platform() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
-
-
-def apply_cpu_defaults(config: ServeConfig) -> None:
-    """Give the engine every core we may use, unless the user set the variables themselves.
-
-    vLLM drops its CPU worker to one torch thread unless OMP_NUM_THREADS is set. Measured on a
-    2-core box (32 parallel chats, eager): 277-297 tok/s with vLLM's default vs 321-417 tok/s
-    with OMP_NUM_THREADS=2 VLLM_CPU_OMP_THREADS_BIND=0-1. `tuneserve bench` re-checks this.
-    """
-    cores = sorted(os.sched_getaffinity(0))
-    num_threads = min(config.cpu_threads or len(cores), len(cores))
-    os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cores[:num_threads])))
-
-
 def speculative_config(config: ServeConfig) -> dict | None:
     if config.speculative is None:
         return None
@@ -88,19 +57,16 @@ def kv_cache_bytes(config: ServeConfig, model_dir: Path, is_cpu: bool) -> int | 
     return plan.kv_cache_bytes
 
 
-def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    enforce_eager = is_cpu if config.enforce_eager is None else config.enforce_eager
+def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
+    """AsyncEngineArgs fields from the serve config (model and CPU defaults come from start_engine)."""
     extra = {} if config.gpu_memory_utilization is None else {"gpu_memory_utilization": config.gpu_memory_utilization}
-    return AsyncEngineArgs(
-        model=str(model_dir),
+    return dict(
         served_model_name=config.model_names,
         max_model_len=config.max_model_len,
         dtype=config.dtype,
         kv_cache_memory_bytes=kv_cache_bytes(config, model_dir, is_cpu),
         max_num_seqs=config.max_num_seqs,
-        enforce_eager=enforce_eager,
+        enforce_eager=config.enforce_eager,
         enable_prefix_caching=config.prefix_caching,
         seed=config.seed,
         enable_lora=config.is_lora_enabled,
@@ -115,15 +81,10 @@ def engine_args(config: ServeConfig, model_dir: Path, is_cpu: bool):
 
 
 def build_engine(config: ServeConfig, model_dir: Path):
-    """Start vLLM's AsyncLLM in this process (its engine core runs in a child process)."""
-    from vllm.v1.engine.async_llm import AsyncLLM
-
+    """The server's AsyncLLM, after the platform checks."""
+    from tuneserve.models.engine import is_cpu_platform, start_engine
     from tuneserve.server.startup import check_platform_options
 
     is_cpu = is_cpu_platform()
     check_platform_options(config, is_cpu)
-    if is_cpu:
-        apply_cpu_defaults(config)
-    args = engine_args(config, model_dir, is_cpu)
-    logger.info("starting vLLM engine for %s (enforce_eager=%s)", model_dir, args.enforce_eager)
-    return AsyncLLM.from_engine_args(args)
+    return start_engine(model_dir, config.cpu_threads, **engine_kwargs(config, model_dir, is_cpu))

@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneserve.models.engine import chat_prompt_ids, tokens_prompt
 from tuneserve.server.adapters import AdapterRegistry
-from tuneserve.server.engine import Engine, tokens_prompt
+from tuneserve.server.engine import Engine
 from tuneserve.server.errors import (
     BadRequestError,
     ContextLengthError,
@@ -86,12 +87,9 @@ class OpenAIServing:
 
     def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
         try:
-            text = self.tokenizer.apply_chat_template(
-                [m.to_template_dict() for m in messages], tokenize=False, add_generation_prompt=True
-            )
+            return chat_prompt_ids(self.tokenizer, [m.to_template_dict() for m in messages])
         except Exception as e:  # the template's raise_exception(), e.g. roles out of order
             raise BadRequestError(f"could not apply the chat template: {e}", param="messages") from None
-        return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from tuneserve.finetune.demo import TASKS, demo_samples
-from tuneserve.finetune.evaluate import is_exact_match
+from tuneserve.data.demo import TASKS, demo_samples
+from tuneserve.evals import is_exact_match
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -38,7 +38,7 @@ def test_exact_match_ignores_whitespace_and_json_spacing():
 
 
 def test_spread_takes_rows_evenly_from_every_part():
-    from tuneserve.finetune.data import spread
+    from tuneserve.data import spread
 
     assert spread(list(range(12)), 4) == [0, 3, 6, 9]
     assert spread(list(range(3)), 5) == [0, 1, 2]

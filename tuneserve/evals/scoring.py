@@ -12,9 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneserve.finetune.data import DataError, file_rows, user
-from tuneserve.finetune.demo import demo_samples, task_names
-from tuneserve.finetune.recipe import DatasetSpec
+from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, task_names, user
 
 MAX_NEW_TOKENS = 64
 
@@ -115,9 +113,14 @@ def run_eval(
 def _adapter(adapter: str | None) -> Path | None:
     if adapter is None:
         return None
+    from tuneserve.models import ModelError
+    from tuneserve.models.identity import read_adapter_config
+
     path = Path(adapter).expanduser()
-    if not (path / "adapter_config.json").is_file():
-        raise DataError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        read_adapter_config(path)
+    except ModelError as e:
+        raise DataError(str(e)) from None
     return path
 
 
@@ -144,20 +147,13 @@ def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | Non
     return summarize(scores)
 
 
-def _start_engine(model_dir: Path):
-    from tuneserve.server.config import ServeConfig
-    from tuneserve.server.engine import build_engine
-
-    return build_engine(ServeConfig(model=str(model_dir), max_model_len=1024, kv_cache_gib=1, log_level="warning"), model_dir)
-
-
 async def greedy_answers(model_dir: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     """The model's greedy continuation (token ids, end-of-turn included) of each prompt."""
     from vllm import SamplingParams
 
-    from tuneserve.server.engine import tokens_prompt
+    from tuneserve.models.engine import start_eval_engine, tokens_prompt
 
-    engine = _start_engine(model_dir)
+    engine = start_eval_engine(model_dir)
 
     async def one(ids: list[int]) -> list[int]:
         params = SamplingParams(max_tokens=max_tokens, temperature=0)
@@ -175,18 +171,15 @@ async def greedy_answers(model_dir: Path, prompts: list[list[int]], max_tokens: 
 async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleScore]:
     from transformers import AutoTokenizer
 
-    engine = _start_engine(model_dir)
+    from tuneserve.models.engine import start_eval_engine
+
+    engine = start_eval_engine(model_dir)
     try:
         scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir))
         return list(await asyncio.gather(*(scorer.score(s) for s in samples)))
     finally:
         engine.shutdown()
         scorer = engine = None  # AsyncLLM.__del__ fails noisily if it runs at interpreter exit
-
-
-def prompt_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False).input_ids
 
 
 class _Scorer:
@@ -205,10 +198,12 @@ class _Scorer:
         return SampleScore(sample.task, is_exact_match(output, sample.answer), answer_logprob, num_tokens, rejected)
 
     def _template(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-        return prompt_ids(self.tokenizer, messages, add_generation_prompt)
+        from tuneserve.models.engine import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, messages, add_generation_prompt)
 
     async def _run(self, prompt_ids: list[int], params: Any) -> Any:
-        from tuneserve.server.engine import tokens_prompt
+        from tuneserve.models.engine import tokens_prompt
 
         async for out in self.engine.generate(tokens_prompt(prompt_ids), params, uuid.uuid4().hex):
             last = out
