@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -60,8 +60,34 @@ test-slow: setup
 reliability: setup
 	TUNESERVE_RELIABILITY_REPORT=docs/reliability.md $(BIN)/python -m pytest tests/reliability -m "slow or not slow" $(PYTEST_ARGS)
 
+# Artifacts the bench matrices compare (built once; `make clean-runs` removes them).
+TS := $(BIN)/tuneserve
+runs/dates-merged/tuneserve.json: setup
+	$(TS) optimize merge --adapter examples/adapters/dates --out runs/dates-merged --overwrite
+runs/smollm2-w4a16/tuneserve.json: setup
+	$(TS) optimize quantize --scheme w4a16 --out runs/smollm2-w4a16 --overwrite
+runs/smollm2-w8a8/tuneserve.json: setup
+	$(TS) optimize quantize --scheme w8a8 --out runs/smollm2-w8a8 --overwrite
+runs/draft/tuneserve.json: setup
+	$(TS) optimize distill --student-layers 8 --steps 150 --eval-samples 0 --out runs/draft --overwrite
+
+# Bench matrices (examples/bench/); results and reports go to docs/bench/<name>/.
+bench-cpu: runs/dates-merged/tuneserve.json runs/smollm2-w4a16/tuneserve.json runs/smollm2-w8a8/tuneserve.json runs/draft/tuneserve.json
+	$(TS) bench run examples/bench/cpu.yaml --out docs/bench/cpu --overwrite
+bench-speculative: runs/draft/tuneserve.json
+	$(TS) bench run examples/bench/speculative.yaml --out docs/bench/speculative --overwrite
+bench-gateway: setup
+	$(TS) bench run examples/bench/gateway.yaml --out docs/bench/gateway --overwrite
+
+# The whole story on this CPU: finetune, evaluate, merge, quantize, serve, bench (examples/pipeline.sh).
+demo: setup
+	bash examples/pipeline.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check tuneserve tests
 
 clean:
 	rm -rf $(VENV) $(QVENV)
+
+clean-runs:
+	rm -rf runs

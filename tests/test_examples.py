@@ -24,3 +24,29 @@ def test_recipe_loads(path):
     method = {"qlora": "sft", "lora": "sft"}.get(path.stem.split("-")[0], path.stem.split("-")[0])
     recipe = load_recipe(path, method, [])
     assert recipe.output_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "bench").glob("*.yaml")), ids=lambda p: p.name)
+def test_bench_matrix_loads_and_every_setting_is_a_valid_serve_config(path):
+    from tuneserve.bench import BenchMatrix
+
+    matrix = load_config(BenchMatrix, path)
+    for setting in matrix.settings:
+        matrix.serve_config_for(setting)  # raises, naming the setting, on a bad serve key
+        assert setting.url is None  # shipped matrices start their own servers
+
+
+def test_bench_matrix_errors_name_the_setting_and_key(tmp_path):
+    from tuneserve.bench import BenchMatrix
+    from tuneserve.config import ConfigError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("settings:\n  - name: typo\n    serve: {kv_cache_gb: 1}\n")
+    with pytest.raises(ConfigError, match=r"settings\['typo'\].serve.kv_cache_gb: unknown setting"):
+        load_config(BenchMatrix, bad)
+    bad.write_text("settings:\n  - name: a\n    workload: {kind: sharegpt}\n")
+    with pytest.raises(ConfigError, match="workload.path: a sharegpt workload needs the JSON file"):
+        load_config(BenchMatrix, bad)
+    bad.write_text("settings: [{name: a}, {name: a}]\n")
+    with pytest.raises(ConfigError, match="names must be unique"):
+        load_config(BenchMatrix, bad)

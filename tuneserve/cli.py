@@ -423,19 +423,32 @@ def _bench_overrides(matrix, url, num_prompts, input_len, output_len, request_ra
 
 
 @bench_app.command("report")
-def bench_report(run_dir: Annotated[Path, typer.Argument(help="A `bench run` result directory.")]):
+def bench_report(
+    run_dir: Annotated[Path, typer.Argument(help="A `bench run` result directory.")],
+    into: Annotated[Path | None, typer.Option(help="Also write the table into this markdown file, between "
+                                              "<!-- bench:NAME --> and <!-- /bench:NAME --> (NAME: the run's name).")] = None,
+):
     """Rebuild the table, plots and HTML page of a result directory.
 
-    Example: tuneserve bench report bench-results/cpu-20261126-1200
+    Examples:
+      tuneserve bench report bench-results/cpu-20261126-1200
+      tuneserve bench report docs/bench/cpu --into README.md
     """
     from tuneserve.bench import markdown_table, write_report
-    from tuneserve.bench.report import load_summary
+    from tuneserve.bench.report import include_table, load_summary
 
     if not (run_dir / "summary.json").is_file():
         fail(f"{run_dir} is not a bench result directory (no summary.json)")
     page = write_report(run_dir)
-    console.print(markdown_table(load_summary(run_dir)), highlight=False, soft_wrap=True)
+    summary = load_summary(run_dir)
+    table = markdown_table(summary)
+    console.print(table, highlight=False, soft_wrap=True)
     console.print(f"report: {page}")
+    if into is not None:
+        try:
+            into.write_text(include_table(into.read_text(), summary["name"], table))
+        except (OSError, ValueError) as e:
+            fail(f"--into {into}: {e}")
 
 
 @bench_app.command("compare")

@@ -43,7 +43,9 @@ def describe_validation_error(error, path=None) -> str:
     where = f"{path}: " if path else ""
     lines = []
     for err in error.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        field = ".".join(str(p) for p in err["loc"])
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{where}{field}: {msg}")
+        if err["type"] == "value_error":  # our own validators' messages already say what and where
+            msg = str(err["ctx"]["error"])
+        lines.append(f"{where}{field}: {msg}" if field else f"{where}{msg}")
     return "\n".join(lines)

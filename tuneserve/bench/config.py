@@ -111,23 +111,31 @@ class BenchMatrix(BaseModel):
         bad = set(self.slo) - {"ttft", "tpot", "e2el"}
         if bad:
             raise ValueError(f"slo: unknown {sorted(bad)}; use ttft, tpot, e2el (milliseconds)")
-        for s in self.settings:
-            self.workload_for(s)  # fails here, naming the setting, rather than an hour later
+        for s in self.settings:  # fail here, naming the setting, rather than an hour into the run
+            self.workload_for(s)
+            self.serve_config_for(s)
         return self
 
     def workload_for(self, setting: Setting) -> Workload:
+        from pydantic import ValidationError
+
+        from tuneserve.config import describe_validation_error
+
         try:
             return Workload(**(self.workload.model_dump() | setting.workload))
-        except ValueError as e:
-            raise ValueError(f"settings[{setting.name!r}].workload: {e}") from None
+        except ValidationError as e:
+            raise ValueError(f"settings[{setting.name!r}].workload.{describe_validation_error(e)}") from None
 
     def serve_config_for(self, setting: Setting) -> dict[str, Any]:
         """The setting's `tuneserve serve` YAML, checked against ServeConfig (bad keys named)."""
+        from pydantic import ValidationError
+
+        from tuneserve.config import describe_validation_error
         from tuneserve.server import ServeConfig
 
         values = {"model": self.model, "seed": self.seed} | setting.serve
         try:
             ServeConfig(**values)
-        except ValueError as e:
-            raise ValueError(f"settings[{setting.name!r}].serve: {e}") from None
+        except ValidationError as e:
+            raise ValueError(f"settings[{setting.name!r}].serve.{describe_validation_error(e)}") from None
         return values

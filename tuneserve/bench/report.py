@@ -144,6 +144,17 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def include_table(text: str, name: str, table: str) -> str:
+    """`text` with the block between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` replaced by
+    `table`, so a document shows a run's table as the run printed it (never copied by hand)."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"expected one {start} ... {end} block")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{table}\n{end}{tail}"
+
+
 def write_report(run_dir: Path) -> Path:
     """report/index.html (self-contained: images inlined), its PNGs and table.md."""
     run_dir = Path(run_dir)

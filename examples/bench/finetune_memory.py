@@ -3,7 +3,8 @@
 Each mode trains the default model for the same steps on the same data in its own process, so
 each peak RSS is that mode's alone. Prints a markdown table.
 
-Run: .venv/bin/python benchmarks/finetune_memory.py   (about 6 minutes on 2 cores)
+A driver rather than a bench matrix: it measures training, not a server.
+Run: .venv/bin/python examples/bench/finetune_memory.py   (about 6 minutes on 2 cores)
 """
 
 import subprocess
@@ -11,8 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tuneserve.artifacts import read_manifest  # noqa: E402
+from tuneserve.artifacts import read_manifest
 
 NUM_STEPS = 12
 RECIPE = """
