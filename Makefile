@@ -62,13 +62,13 @@ reliability: setup
 
 # Artifacts the bench matrices compare (built once; `make clean-runs` removes them).
 TS := $(BIN)/tuneserve
-runs/dates-merged/tuneserve.json: setup
+runs/dates-merged/tuneserve.json: | setup
 	$(TS) optimize merge --adapter examples/adapters/dates --out runs/dates-merged --overwrite
-runs/smollm2-w4a16/tuneserve.json: setup
+runs/smollm2-w4a16/tuneserve.json: | setup
 	$(TS) optimize quantize --scheme w4a16 --out runs/smollm2-w4a16 --overwrite
-runs/smollm2-w8a8/tuneserve.json: setup
+runs/smollm2-w8a8/tuneserve.json: | setup
 	$(TS) optimize quantize --scheme w8a8 --out runs/smollm2-w8a8 --overwrite
-runs/draft/tuneserve.json: setup
+runs/draft/tuneserve.json: | setup
 	$(TS) optimize distill --student-layers 8 --steps 150 --eval-samples 0 --out runs/draft --overwrite
 
 # Bench matrices (examples/bench/); results and reports go to docs/bench/<name>/.
