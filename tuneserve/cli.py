@@ -435,10 +435,11 @@ def bench_report(
       tuneserve bench report docs/bench/cpu --into README.md
     """
     from tuneserve.bench import markdown_table, write_report
-    from tuneserve.bench.report import include_table, load_summary
+    from tuneserve.bench.report import include_table, load_summary, refresh_summary
 
     if not (run_dir / "summary.json").is_file():
         fail(f"{run_dir} is not a bench result directory (no summary.json)")
+    refresh_summary(run_dir)
     page = write_report(run_dir)
     summary = load_summary(run_dir)
     table = markdown_table(summary)

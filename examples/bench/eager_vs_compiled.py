@@ -33,13 +33,13 @@ def main() -> None:
             with serving(matrix, setting, Path(log_dir)) as target:
                 answers = served_answers(target.base_url, target.model, prompts, MAX_TOKENS)
             differing = [p for p, a, r in zip(prompts, answers, reference, strict=True) if a != r]
-            rows.append((setting.name, greedy_agreement(answers, reference), differing))
-            print(f"{setting.name}: {rows[-1][1]:.3f}", flush=True)
-    print(f"\n| setting | greedy agreement with transformers float32 ({len(prompts)} prompts, {MAX_TOKENS} tokens) |")
-    print("|---|---|")
-    for name, share, _ in rows:
-        print(f"| {name} | {share:.3f} |")
-    for name, _, differing in rows:
+            rows.append((setting.name, greedy_agreement(answers, reference), target.startup_s, differing))
+            print(f"{setting.name}: {rows[-1][1]:.3f}, started in {target.startup_s:.0f} s", flush=True)
+    print(f"\n| setting | greedy agreement with transformers float32 ({len(prompts)} prompts, {MAX_TOKENS} tokens) | start-up s |")
+    print("|---|---|---|")
+    for name, share, startup_s, _ in rows:
+        print(f"| {name} | {share:.3f} ({round(share * len(prompts))} of {len(prompts)}) | {startup_s:.0f} |")
+    for name, _, _, differing in rows:
         print(f"\n{name}: differs on {differing[:5]}{' ...' if len(differing) > 5 else ''}")
 
 

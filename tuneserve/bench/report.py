@@ -31,19 +31,27 @@ def _cell(setting: dict, key: str, fmt: str) -> str:
     return text
 
 
+OPTIONAL = (("prefix_cache_hit_rate", "prefix hits"), ("spec_decode_acceptance_rate", "draft accepted"))
+
+
 def markdown_table(summary: dict) -> str:
-    """Median (min-max over repeats) per setting, and output throughput as a ratio of the first row."""
+    """Median (min-max over repeats) per setting, and output throughput as a ratio of the first row.
+    Prefix-cache hits and draft acceptance get a column when any setting has them."""
     settings = summary["settings"]
     reference = next((s.get("output_throughput") for s in settings if s.get("output_throughput")), None)
-    header = ["setting", *(h for _, h, _ in COLUMNS), "vs first", "failed", "peak RSS GiB"]
+    optional = [(k, h) for k, h in OPTIONAL if any(s.get(k) for s in settings)]
+    header = ["setting", *(h for _, h, _ in COLUMNS), "vs first", *(h for _, h in optional), "failed", "peak RSS GiB",
+              "start s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:
         if "error" in s:
             lines.append(f"| {s['label']} | did not start: {s['error'].splitlines()[0][:80]} |" + " |" * (len(header) - 2))
             continue
         ratio = f"{s['output_throughput'] / reference:.2f}x" if reference else "-"
-        cells = [s["label"], *(_cell(s, k, f) for k, _, f in COLUMNS), ratio, f"{s.get('failed', 0):.0f}",
-                 f"{s.get('peak_rss_bytes', 0) / (1 << 30):.2f}"]
+        startup = s.get("startup_s")
+        extra = [f"{s[k]:.0%}" if s.get(k) is not None else "-" for k, _ in optional]
+        cells = [s["label"], *(_cell(s, k, f) for k, _, f in COLUMNS), ratio, *extra, f"{s.get('failed', 0):.0f}",
+                 f"{s.get('peak_rss_bytes', 0) / (1 << 30):.2f}", "-" if startup is None else f"{startup:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     env = summary.get("environment")
     repeat = summary.get("matrix", {}).get("repeat", 1)
@@ -153,6 +161,19 @@ def include_table(text: str, name: str, table: str) -> str:
     head, rest = text.split(start)
     _, tail = rest.split(end)
     return f"{head}{start}\n{table}\n{end}{tail}"
+
+
+def refresh_summary(run_dir: Path) -> None:
+    """Re-derive the summary's per-setting figures from the setting JSONs (raw repeats), so a
+    report made by a newer tuneserve shows what it computes from runs recorded by an older one."""
+    from tuneserve.bench.run import server_medians
+
+    summary = load_summary(run_dir)
+    by_label = {r["label"]: r for r in _results(run_dir)}
+    for row in summary["settings"]:
+        if row["label"] in by_label:
+            row.update(server_medians(by_label[row["label"]]["rates"][0]))
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def write_report(run_dir: Path) -> Path:

@@ -7,8 +7,10 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ class Target:
     pid: int | None  # the server's process, for memory; None for --url
     model: str
     headers: dict[str, str]
+    startup_s: float | None = None  # launch to ready; None for --url
 
 
 def slug(name: str) -> str:
@@ -82,9 +85,10 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
         config = log_dir / f"{slug(setting.name)}.yaml"
         config.write_text(yaml.safe_dump(values))
         cmd, ready, env = [sys.executable, "-m", "tuneserve", "serve", "--config", str(config), "--port", str(port)], "/ready", None
+    started = time.monotonic()
     server = launch(cmd, port, log_dir, env=env, ready_path=ready)
     try:
-        yield Target(server.base_url, server.process.pid, name, headers)
+        yield Target(server.base_url, server.process.pid, name, headers, time.monotonic() - started)
     finally:
         stop_server(server)
 
@@ -125,7 +129,7 @@ def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progr
         rates.append({"request_rate": rate, "summary": summarize_repeats([r["metrics"] for r in repeats]),
                       "repeats": repeats})
     peak = max(r["metrics"]["peak_rss_bytes"] for rate in rates for r in rate["repeats"])
-    return {"rates": rates, "peak_rss_bytes": peak}
+    return {"rates": rates, "peak_rss_bytes": peak, "startup_s": target.startup_s}
 
 
 def measure_once(matrix: BenchMatrix, target: Target, requests: list[BenchRequest], rate: float) -> dict:
@@ -157,10 +161,20 @@ def _rate(rate: float) -> str:
     return "inf" if math.isinf(rate) else f"{rate:g}/s"
 
 
+SERVER_RATIOS = ("prefix_cache_hit_rate", "spec_decode_acceptance_rate")
+
+
+def server_medians(rate: dict) -> dict:
+    """Medians over repeats of the server-side ratios (vLLM's result key for spec decoding)."""
+    values = {key: [r["metrics"]["server"][key] for r in rate["repeats"] if key in r["metrics"].get("server", {})]
+              for key in SERVER_RATIOS}
+    return {key: statistics.median(v) for key, v in values.items() if v}
+
+
 def setting_result(matrix: BenchMatrix, setting: Setting, measured: dict, env: dict) -> dict:
     """vLLM's result keys (medians over repeats at the first rate) plus tuneserve's."""
     first = measured["rates"][0]["summary"]
-    result = {key: value["median"] for key, value in first.items()}
+    result = {key: value["median"] for key, value in first.items()} | server_medians(measured["rates"][0])
     result |= {
         "date": env["date"], "backend": "openai-chat", "label": setting.name, "model_id": matrix.model,
         "num_prompts": matrix.workload_for(setting).num_prompts, "request_rate": measured["rates"][0]["request_rate"],
@@ -168,7 +182,8 @@ def setting_result(matrix: BenchMatrix, setting: Setting, measured: dict, env: d
         "setting": redact(setting.model_dump()), "serve_config": redact(matrix.serve_config_for(setting)),
         "workload": matrix.workload_for(setting).model_dump(), "repeat": matrix.repeat,
         "spread": {key: {"min": v["min"], "max": v["max"]} for key, v in first.items()},
-        "peak_rss_bytes": measured["peak_rss_bytes"], "rates": measured["rates"], "environment": env,
+        "peak_rss_bytes": measured["peak_rss_bytes"], "startup_s": measured["startup_s"], "rates": measured["rates"],
+        "environment": env,
     }
     return result
 
