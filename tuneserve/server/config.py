@@ -42,8 +42,8 @@ class ServeConfig(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1, description="Most sequences batched per step.")
     enforce_eager: bool | None = Field(
         None,
-        description="Skip torch.compile. Default: on for CPU (compiled CPU graphs gave wrong "
-        "answers on SmolLM2 and start ~70 s slower), off on GPU.",
+        description="Skip torch.compile. Default: on for CPU (compiled is as correct but only ~3% faster "
+        "there and starts ~45-55 s slower; see README, CPU defaults), off on GPU.",
     )
     prefix_caching: bool = Field(True, description="Reuse KV cache across shared prompt prefixes.")
     cpu_threads: int | None = Field(
