@@ -88,7 +88,7 @@ def test_bad_inputs_are_refused(tmp_path, monkeypatch):
     with pytest.raises(OptimizeError, match="unknown demo task"):
         run_quantize(None, str(tmp_path / "a"), calibration="poetry")
     (tmp_path / "exists").mkdir()
-    with pytest.raises(OptimizeError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="--overwrite"):
         run_quantize(None, str(tmp_path / "exists"))
     monkeypatch.setenv("TUNESERVE_QUANTIZE_PYTHON", str(tmp_path / "no-python"))
     with pytest.raises(OptimizeError, match="make quantize-env"):
