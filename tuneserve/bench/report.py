@@ -51,13 +51,18 @@ def markdown_table(summary: dict) -> str:
         startup = s.get("startup_s")
         extra = [f"{s[k]:.0%}" if s.get(k) is not None else "-" for k, _ in optional]
         cells = [s["label"], *(_cell(s, k, f) for k, _, f in COLUMNS), ratio, *extra, f"{s.get('failed', 0):.0f}",
-                 f"{s.get('peak_rss_bytes', 0) / (1 << 30):.2f}", "-" if startup is None else f"{startup:.0f}"]
+                 _gib(s.get("peak_rss_bytes")), "-" if startup is None else f"{startup:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     env = summary.get("environment")
     repeat = summary.get("matrix", {}).get("repeat", 1)
     if env:
         lines.append(f"\n{summary['name']}: median of {repeat} runs (min-max); {describe(env)}.")
     return "\n".join(lines)
+
+
+def _gib(num_bytes: int | None) -> str:
+    """Peak memory in GiB; "-" when bench did not start the server (a --url run cannot see it)."""
+    return f"{num_bytes / (1 << 30):.2f}" if num_bytes else "-"
 
 
 def _results(run_dir: Path) -> list[dict]:

@@ -200,7 +200,7 @@ def run_bench(matrix: BenchMatrix, out_dir: Path, progress: Callable[[str], None
             try:
                 with serving(matrix, setting, Path(log_dir)) as target:
                     result = setting_result(matrix, setting, measure_setting(matrix, setting, target, progress), env)
-            except RuntimeError as e:  # the server did not start: record it, measure the rest
+            except (RuntimeError, ValueError) as e:  # it did not start (or its model is unknown): record it, go on
                 progress(f"  failed: {str(e).splitlines()[0]}")
                 result = {"label": setting.name, "error": str(e)[-4000:], "setting": redact(setting.model_dump()), "environment": env}
             (tmp / f"{slug(setting.name)}.json").write_text(json.dumps(finite(result), indent=1) + "\n")
