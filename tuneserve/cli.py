@@ -115,6 +115,8 @@ def serve(
     drain_timeout_s: Annotated[float | None, typer.Option(help="SIGTERM grace period for in-flight requests (default 30).")] = None,
     speculative: Annotated[str | None, typer.Option(help="ngram[:K] or draft:MODEL_REF[:K].")] = None,
     metrics_auth: Annotated[bool | None, typer.Option("--metrics-auth/--no-metrics-auth", help="Require a key for /metrics and /version.")] = None,
+    chat_template: Annotated[str | None, typer.Option(help="Jinja chat template file replacing the model's own.")] = None,
+    tool_call_parser: Annotated[str | None, typer.Option(help="vLLM tool parser for tool_choice auto (default hermes).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error.")] = None,
 ):
     """Serve a model behind an OpenAI-compatible API (vLLM in-process).

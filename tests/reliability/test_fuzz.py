@@ -77,8 +77,9 @@ def check_and_record(tally: dict, minimum: int, record) -> None:
 
 
 def test_fuzzing_every_endpoint_finds_no_5xx(fuzz_server, record):
-    tally = fuzz(fuzz_server.base_url, examples_per_mode=100)
-    check_and_record(tally, 1000, record)
+    # 50 per mode and operation keeps `make test` in budget; the slow run below goes 18x wider.
+    tally = fuzz(fuzz_server.base_url, examples_per_mode=50)
+    check_and_record(tally, 900, record)
 
 
 @pytest.mark.slow

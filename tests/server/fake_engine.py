@@ -46,7 +46,7 @@ class FakeEngine:
                 elif last:
                     reason = "length"
                 output = SimpleNamespace(index=0, text=f"tok{i} ", token_ids=[i], logprobs=None, finish_reason=reason)
-                yield SimpleNamespace(outputs=[output], finished=last, prompt_token_ids=prompt["prompt_token_ids"])
+                yield SimpleNamespace(outputs=[output], finished=last, prompt_token_ids=prompt["prompt_token_ids"], prompt_logprobs=None, num_cached_tokens=0)
                 if last:
                     return
         except (asyncio.CancelledError, GeneratorExit):

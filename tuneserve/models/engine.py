@@ -12,21 +12,26 @@ from typing import Any
 logger = logging.getLogger("tuneserve.engine")
 
 
-def tokens_prompt(token_ids: list[int]) -> Any:
-    """Engine input for already-tokenized prompts."""
+def tokens_prompt(token_ids: list[int], cache_salt: str | None = None) -> Any:
+    """Engine input for already-tokenized prompts (`cache_salt` keeps its prefix cache apart)."""
     try:
         from vllm.inputs import tokens_input
     except ImportError:  # vLLM releases before the renderer refactor take the TypedDict
         from vllm.inputs import TokensPrompt
 
-        return TokensPrompt(prompt_token_ids=token_ids)
-    return tokens_input(token_ids)
+        return TokensPrompt(prompt_token_ids=token_ids, **({"cache_salt": cache_salt} if cache_salt else {}))
+    return tokens_input(token_ids, cache_salt=cache_salt)
 
 
-def chat_prompt_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-    """The chat template applied and tokenized as the engine sees it (no second BOS)."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False).input_ids
+def chat_prompt_ids(
+    tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True, add_special_tokens: bool = False, **template_kwargs: Any
+) -> list[int]:
+    """The chat template applied and tokenized as the engine sees it (no second BOS).
+
+    `template_kwargs` go to apply_chat_template: `tools`, `chat_template`, `continue_final_message`, ...
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs)
+    return tokenizer(text, add_special_tokens=add_special_tokens).input_ids
 
 
 def is_cpu_platform() -> bool:

@@ -15,6 +15,7 @@ from tuneserve.server.config import ServeConfig
 from tuneserve.server.engine import Engine
 from tuneserve.server.errors import install_error_handlers
 from tuneserve.server.middleware import BodySizeLimit, CatchAll
+from tuneserve.server.responses import ResponsesServing
 from tuneserve.server.serving import OpenAIServing, ServedModel
 
 
@@ -43,6 +44,7 @@ def create_app(
     app.state.serving = serving
     app.state.chat = ChatServing(serving)
     app.state.completions = CompletionServing(serving)
+    app.state.responses = ResponsesServing(app.state.chat)
     app.state.admission = Admission(config.max_queued_requests)
     app.state.auth = auth
     app.state.engine_version = engine_version()

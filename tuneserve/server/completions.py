@@ -1,12 +1,13 @@
-"""POST /v1/completions (one or several prompts, `n` choices each)."""
+"""POST /v1/completions (one or several prompts, `n` choices each; echo + logprobs scores prompts)."""
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from tuneserve.server.logprobs import completion_logprobs
+from tuneserve.server.completion_protocol import CompletionChoice, CompletionRequest, CompletionResponse
+from tuneserve.server.logprobs import completion_logprobs, vllm_prompt_logprobs
 from tuneserve.server.metrics import RequestStats
-from tuneserve.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, Usage, new_id, now_s
+from tuneserve.server.protocol import Usage, new_id, now_s
 from tuneserve.server.serving import Choice, OpenAIServing, primed_all
 
 
@@ -19,56 +20,81 @@ class CompletionServing:
     ) -> CompletionResponse | AsyncIterator[CompletionResponse]:
         """A response, or (stream=true) an iterator of chunks for the transport to frame."""
         s = self.serving
-        prompts = [s.encode_prompt(p) for p in request.prompts()]
-        budgets = [s.fit_max_tokens(len(ids), request.max_tokens, "prompt") for ids in prompts]
+        prompts = [s.encode_prompt(p, request.add_special_tokens, request.truncate_prompt_tokens) for p in request.prompts()]
+        # Scoring only (echo, max_tokens 0) still runs one step: that step computes the prompt's logprobs.
+        requested = 1 if request.is_scoring_only else request.max_tokens
+        budgets = [s.fit_max_tokens(len(ids), requested, "prompt") for ids in prompts]
         request_id = new_id("cmpl")
         streams = [
-            s.generate(ids, request.to_sampling_params(budget), f"{request_id}-{i}", lora_request, stats)
+            s.generate(ids, request.to_sampling_params(budget), f"{request_id}-{i}", lora_request, stats, request.cache_salt, request.num_copies)
             for i, (ids, budget) in enumerate(zip(prompts, budgets, strict=True))
         ]
         merged = _merge(await primed_all(streams))
-        num_prompt_tokens = sum(len(ids) for ids in prompts)
-        echoes = [s.tokenizer.decode(ids) if request.echo else "" for ids in prompts]
         if request.stream:
-            return self._chunks(request, request_id, num_prompt_tokens, echoes, merged)
-        return await self._response(request, request_id, num_prompt_tokens, echoes, merged)
+            return self._chunks(request, request_id, prompts, merged)
+        return await self._response(request, request_id, prompts, merged)
 
-    def _choice(self, request: CompletionRequest, index: int, o: Any, prefix: str, text_offset: int = 0) -> CompletionChoice:
-        """`text_offset`: characters of this choice already sent (streaming), where its logprob offsets start."""
-        logprobs = completion_logprobs(o.token_ids, o.logprobs, request.logprobs or 0, self.serving.tokenizer, text_offset + len(prefix))
-        return CompletionChoice(index=index, text=prefix + o.text, logprobs=logprobs, finish_reason=o.finish_reason)
+    def _choice(self, request: CompletionRequest, index: int, c: Choice, prompt_ids: list[int]) -> CompletionChoice:
+        tokenizer, k = self.serving.tokenizer, request.logprobs or 0
+        token_ids, logprobs, text = c.token_ids, c.logprobs, c.text
+        if request.is_scoring_only:
+            token_ids, logprobs, text = [], [] if logprobs is not None else None, ""
+        if request.echo:
+            text = tokenizer.decode(prompt_ids) + text
+            token_ids = prompt_ids + token_ids
+            if logprobs is not None:
+                logprobs = list(c.prompt_logprobs or [None] * len(prompt_ids)) + logprobs
+        return CompletionChoice(
+            index=index,
+            text=text,
+            logprobs=completion_logprobs(token_ids, logprobs, k, tokenizer),
+            finish_reason="length" if request.is_scoring_only else c.finish_reason,
+            prompt_logprobs=vllm_prompt_logprobs(c.prompt_logprobs) if request.prompt_logprobs is not None else None,
+            prompt_token_ids=prompt_ids if request.return_token_ids else None,
+            token_ids=c.token_ids if request.return_token_ids else None,
+        )
 
-    async def _response(self, request, request_id, num_prompt_tokens, echoes, merged) -> CompletionResponse:
+    async def _response(self, request, request_id, prompts, merged) -> CompletionResponse:
         choices: dict[int, tuple[int, Choice]] = {}
         async with aclosing(merged):
             async for prompt_index, out in merged:
                 for o in out.outputs:
-                    choices.setdefault(prompt_index * request.n + o.index, (prompt_index, Choice()))[1].add(o)
+                    choices.setdefault(prompt_index * request.n + o.index, (prompt_index, Choice()))[1].add(o, out)
+        num_completion_tokens = 0 if request.is_scoring_only else sum(len(c.token_ids) for _, c in choices.values())
+        num_cached_tokens = sum({p: c.num_cached_tokens for p, c in choices.values()}.values())
         return CompletionResponse(
             id=request_id,
             created=now_s(),
             model=request.model,
-            choices=[self._choice(request, i, c, echoes[p]) for i, (p, c) in sorted(choices.items())],
-            usage=Usage.of(num_prompt_tokens, sum(len(c.token_ids) for _, c in choices.values())),
+            choices=[self._choice(request, i, c, prompts[p]) for i, (p, c) in sorted(choices.items())],
+            usage=Usage.of(sum(map(len, prompts)), num_completion_tokens, num_cached_tokens),
         )
 
-    async def _chunks(self, request, request_id, num_prompt_tokens, echoes, merged) -> AsyncIterator[CompletionResponse]:
+    async def _chunks(self, request, request_id, prompts, merged) -> AsyncIterator[CompletionResponse]:
         created = now_s()
+        tokenizer, k = self.serving.tokenizer, request.logprobs or 0
+        echoes = [tokenizer.decode(ids) if request.echo else "" for ids in prompts]
         num_chars_sent: dict[int, int] = {}
+        num_cached: dict[int, int] = {}
         num_completion_tokens = 0
         async with aclosing(merged):
             async for prompt_index, out in merged:
+                num_cached[prompt_index] = max(num_cached.get(prompt_index, 0), out.num_cached_tokens or 0)
                 for o in out.outputs:
                     index = prompt_index * request.n + o.index
                     prefix = "" if index in num_chars_sent else echoes[prompt_index]
                     offset = num_chars_sent.setdefault(index, 0)
                     num_completion_tokens += len(o.token_ids)
+                    if request.is_scoring_only:
+                        o.text, o.token_ids, o.logprobs = "", [], None
                     if prefix or o.text or o.finish_reason or (o.token_ids and request.logprobs is not None):
-                        choice = self._choice(request, index, o, prefix, offset)
+                        logprobs = completion_logprobs(o.token_ids, o.logprobs, k, tokenizer, offset + len(prefix))
+                        choice = CompletionChoice(index=index, text=prefix + o.text, logprobs=logprobs, finish_reason=o.finish_reason)
                         num_chars_sent[index] += len(choice.text)
                         yield CompletionResponse(id=request_id, created=created, model=request.model, choices=[choice])
         if request.include_usage:
-            totals = Usage.of(num_prompt_tokens, num_completion_tokens)
+            num_completion_tokens = 0 if request.is_scoring_only else num_completion_tokens
+            totals = Usage.of(sum(map(len, prompts)), num_completion_tokens, sum(num_cached.values()))
             yield CompletionResponse(id=request_id, created=created, model=request.model, choices=[], usage=totals)
 
 

@@ -1,5 +1,6 @@
 """`tuneserve serve` settings: one pydantic model, loadable from YAML, overridable by flags."""
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -77,6 +78,13 @@ class ServeConfig(BaseModel):
     metrics_auth: bool = Field(
         False, description="Require an API key (any scope) for /metrics and /version too."
     )
+    chat_template: str | None = Field(
+        None, description="Jinja chat template file replacing the model's own. Default: the model's; for "
+        "requests with tools, a ChatML+Hermes template when the model's cannot render tools.",
+    )
+    tool_call_parser: str = Field(
+        "hermes", description="vLLM tool parser reading tool calls when tool_choice is auto (vLLM's --tool-call-parser)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
 
     @field_validator("served_model_name")
@@ -106,6 +114,13 @@ class ServeConfig(BaseModel):
     def _check_speculative(cls, v):
         if v is not None:
             parse_speculative(v)
+        return v
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_readable(cls, v):
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"{v}: no such file")
         return v
 
     @property

@@ -44,6 +44,10 @@ class ModelNotFoundError(ClientError):
     code = "model_not_found"
 
 
+class NotFoundError(ClientError):
+    status = 404
+
+
 class ContextLengthError(ClientError):
     code = "context_length_exceeded"
 
@@ -131,6 +135,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return "We could not parse the JSON body of your request: " + first.get("msg", ""), None
     if first.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param
+    if first.get("type") == "unsupported_parameter":
+        return first["msg"], first["ctx"]["name"]
     if first.get("type") == "missing":
         return f"Missing required parameter: '{param}'.", param
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")

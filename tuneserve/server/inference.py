@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -13,13 +14,16 @@ from tuneserve.server.errors import RequestTimeoutError, status_of
 from tuneserve.server.metrics import RequestStats
 from tuneserve.server.sse import sse_stream
 
+logger = logging.getLogger("tuneserve.server")
 CLIENT_GONE = 499  # nginx's "client closed request"
 
 
 async def run_inference(raw: Request, body: Any, endpoint: Any) -> Response:
     state = raw.app.state
     tenant = authorize(raw, "inference")
-    stats = RequestStats(model=state.serving.model.names[0])
+    stats = RequestStats(model=state.serving.model.names[0], owner=tenant.name if tenant else None)
+    if body.ignored:
+        logger.debug("ignored parameters (no effect on this server): %s", ", ".join(body.ignored))
     stack = contextlib.AsyncExitStack()
     status = 500
     try:

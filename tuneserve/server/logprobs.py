@@ -1,4 +1,4 @@
-"""vLLM's per-token logprob dicts -> OpenAI's chat and completions logprob shapes."""
+"""vLLM's per-token logprob dicts -> OpenAI's chat and completions logprob shapes (and vLLM's own)."""
 
 from collections.abc import Sequence
 from typing import Any
@@ -46,19 +46,42 @@ def chat_logprobs(
 
 def completion_logprobs(
     token_ids: Sequence[int],
-    logprobs: Sequence[dict] | None,
+    logprobs: Sequence[dict | None] | None,
     k: int,
     tokenizer: Any,
     text_offset: int = 0,
 ) -> CompletionLogprobs | None:
+    """OpenAI's legacy shape. A None position (the first prompt token under echo) has no logprob.
+
+    Each `top_logprobs` entry holds the k most likely tokens and the chosen one, so `logprobs: 0`
+    still names the chosen token's logprob there, as OpenAI does.
+    """
     if logprobs is None:
         return None
     out = CompletionLogprobs()
     for token_id, position in zip(token_ids, logprobs, strict=False):
-        token = _token_text(token_id, position.get(token_id), tokenizer)
+        entry = position.get(token_id) if position else None
+        token = _token_text(token_id, entry, tokenizer)
         out.tokens.append(token)
-        out.token_logprobs.append(_logprob(position[token_id].logprob))
-        out.top_logprobs.append(dict(_top(position, k, tokenizer)) if k else None)
         out.text_offset.append(text_offset)
         text_offset += len(token)
+        if entry is None:
+            out.token_logprobs.append(None)
+            out.top_logprobs.append(None)
+            continue
+        out.token_logprobs.append(_logprob(entry.logprob))
+        out.top_logprobs.append({**dict(_top(position, k, tokenizer)), token: _logprob(entry.logprob)})
     return out
+
+
+def vllm_prompt_logprobs(prompt_logprobs: Sequence[dict | None] | None) -> list[dict | None] | None:
+    """vLLM's `prompt_logprobs` response field: per prompt token, {token_id: {logprob, rank, decoded_token}}."""
+    if prompt_logprobs is None:
+        return None
+    return [
+        None if position is None else {
+            str(tid): {"logprob": _logprob(lp.logprob), "rank": lp.rank, "decoded_token": lp.decoded_token}
+            for tid, lp in position.items()
+        }
+        for position in prompt_logprobs
+    ]

@@ -24,6 +24,7 @@ def serve(config: ServeConfig) -> int:
     """
     from tuneserve.models import resolve_model
     from tuneserve.server.startup import StartupError, bind_socket, check_adapters, load_keys, warn_if_exposed
+    from tuneserve.server.tools import check_tool_parser
 
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model_dir = resolve_model(config.model)
@@ -33,6 +34,10 @@ def serve(config: ServeConfig) -> int:
     base = served_base(config.model_names, model_dir) if config.is_lora_enabled else None
     if base is not None:
         check_adapters(config.adapters, base, config.max_lora_rank)
+    try:
+        check_tool_parser(config.tool_call_parser)
+    except ValueError as e:
+        raise StartupError(f"--tool-call-parser: {e}") from None
     sock = bind_socket(config.host, config.port)
     warn_if_exposed(config.host, auth is not None)
     try:
@@ -71,6 +76,8 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock) -> int:
         model = ServedModel(
             names=config.model_names, path=str(model_dir),
             max_model_len=engine.model_config.max_model_len, max_tokens_cap=config.max_tokens_cap,
+            chat_template=Path(config.chat_template).expanduser().read_text() if config.chat_template else None,
+            tool_call_parser=config.tool_call_parser,
         )
         app = create_app(config, engine, AutoTokenizer.from_pretrained(model_dir), model, adapters, auth)
         # The drain already waited for requests; past it, uvicorn must not wait on open sockets.

@@ -36,6 +36,7 @@ class RequestStats:
 
     model: str
     adapter: str = BASE
+    owner: str | None = None  # the tenant's name: whose stored responses this request may read
     arrival_s: float = field(default_factory=time.monotonic)
     first_token_s: float | None = None
     num_prompt_tokens: int = 0

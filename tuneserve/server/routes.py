@@ -5,10 +5,13 @@ from fastapi.responses import JSONResponse, Response
 
 from tuneserve import __version__
 from tuneserve.server.admission import authorize
+from tuneserve.server.chat_protocol import ChatCompletionRequest
+from tuneserve.server.completion_protocol import CompletionRequest
 from tuneserve.server.errors import EngineDeadError, ServiceUnavailableError
 from tuneserve.server.inference import run_inference
 from tuneserve.server.metrics import render_metrics
-from tuneserve.server.protocol import ChatCompletionRequest, CompletionRequest
+from tuneserve.server.responses_protocol import ResponsesRequest
+from tuneserve.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
 
 router = APIRouter()
 
@@ -21,6 +24,41 @@ async def chat_completions(body: ChatCompletionRequest, raw: Request):
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, raw: Request):
     return await run_inference(raw, body, raw.app.state.completions)
+
+
+@router.post("/v1/responses")
+async def create_response(body: ResponsesRequest, raw: Request):
+    return await run_inference(raw, body, raw.app.state.responses)
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, raw: Request):
+    tenant = authorize(raw, "inference")
+    response = raw.app.state.responses.retrieve(response_id, tenant.name if tenant else None)
+    return JSONResponse(response.model_dump(mode="json"))
+
+
+@router.post("/tokenize")
+async def tokenize_route(body: TokenizeRequest, raw: Request):
+    model = checked_model(raw, body.model)
+    return JSONResponse(tokenize(raw.app.state.chat, body, model).model_dump(mode="json"))
+
+
+@router.post("/detokenize")
+async def detokenize_route(body: DetokenizeRequest, raw: Request):
+    checked_model(raw, body.model)
+    return JSONResponse(detokenize(raw.app.state.chat, body).model_dump(mode="json"))
+
+
+def checked_model(raw: Request, name: str | None) -> str:
+    """The request's model (default: the base), after the same key and existence checks as inference."""
+    tenant = authorize(raw, "inference")
+    serving = raw.app.state.serving
+    name = name or serving.model.names[0]
+    if tenant is not None:
+        tenant.require_model(name)
+    serving.require_known(name)
+    return name
 
 
 @router.get("/v1/models")

@@ -18,7 +18,7 @@ from tuneserve.server.errors import (
     to_error,
 )
 from tuneserve.server.metrics import BASE, RequestStats
-from tuneserve.server.protocol import ChatMessage, ModelCard, ModelList, now_s
+from tuneserve.server.protocol import ModelCard, ModelList, now_s
 
 
 @dataclass
@@ -29,6 +29,8 @@ class ServedModel:
     path: str
     max_model_len: int
     max_tokens_cap: int | None = None
+    chat_template: str | None = None  # --chat-template: replaces the model's own
+    tool_call_parser: str = "hermes"
     created: int = field(default_factory=now_s)
 
 
@@ -40,13 +42,19 @@ class Choice:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict] | None = None
     finish_reason: str | None = None
+    prompt_logprobs: list[dict | None] | None = None
+    num_cached_tokens: int = 0
 
-    def add(self, delta: Any) -> None:
+    def add(self, delta: Any, output: Any = None) -> None:
+        """One choice's delta; `output` (its RequestOutput) carries the per-prompt fields."""
         self.text += delta.text
         self.token_ids += delta.token_ids
         if delta.logprobs is not None:
             self.logprobs = (self.logprobs or []) + list(delta.logprobs)
         self.finish_reason = delta.finish_reason or self.finish_reason
+        if output is not None:
+            self.prompt_logprobs = self.prompt_logprobs or output.prompt_logprobs
+            self.num_cached_tokens = max(self.num_cached_tokens, output.num_cached_tokens or 0)
 
 
 class OpenAIServing:
@@ -74,6 +82,10 @@ class OpenAIServing:
             return
         raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
+    def require_known(self, name: str) -> None:
+        if name not in self.model.names and (self.adapters is None or name not in self.adapters.current):
+            raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
+
     def list_models(self, is_allowed=lambda name: True) -> ModelList:
         m = self.model
         cards = [ModelCard(id=n, created=m.created, root=m.path, max_model_len=m.max_model_len) for n in m.names]
@@ -85,19 +97,27 @@ class OpenAIServing:
 
     # -- prompts ------------------------------------------------------------------------
 
-    def encode_chat(self, messages: list[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: list[dict], options: dict[str, Any], extra_kwargs: dict[str, Any] | None = None, truncate_to: int | None = None) -> list[int]:
+        """Messages through the chat template. `options` as chat_prompt_ids takes them; the client's
+        `chat_template_kwargs` (`extra_kwargs`) reach the template as variables and override none of them."""
+        options = {k: v for k, v in options.items() if v is not None}
+        options.setdefault("chat_template", self.model.chat_template)
+        variables = {k: v for k, v in (extra_kwargs or {}).items() if k not in options and k not in RESERVED_TEMPLATE_ARGS}
         try:
-            return chat_prompt_ids(self.tokenizer, [m.to_template_dict() for m in messages])
+            ids = chat_prompt_ids(self.tokenizer, messages, **options, **variables)
         except Exception as e:  # the template's raise_exception(), e.g. roles out of order
             raise BadRequestError(f"could not apply the chat template: {e}", param="messages") from None
+        return truncate(ids, truncate_to)
 
-    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+    def encode_prompt(
+        self, prompt: str | list[int], add_special_tokens: bool = True, truncate_to: int | None = None, param: str = "prompt"
+    ) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenizer(prompt).input_ids
+            return truncate(self.tokenizer(prompt, add_special_tokens=add_special_tokens).input_ids, truncate_to)
         vocab_size = len(self.tokenizer)
         if any(not 0 <= t < vocab_size for t in prompt):
-            raise BadRequestError(f"token ids must be in [0, {vocab_size})", param="prompt")
-        return prompt
+            raise BadRequestError(f"token ids must be in [0, {vocab_size})", param=param)
+        return truncate(prompt, truncate_to)
 
     def fit_max_tokens(self, num_prompt_tokens: int, requested: int | None, prompt_param: str) -> int:
         """The output budget: the request's if it fits the context and the cap, else a clear 400."""
@@ -123,17 +143,28 @@ class OpenAIServing:
 
     # -- generation ---------------------------------------------------------------------
 
-    async def generate(
-        self, prompt_ids: list[int], params: Any, request_id: str, lora_request: Any, stats: RequestStats
+    def generate(
+        self, prompt_ids: list[int], params: Any, request_id: str, lora_request: Any, stats: RequestStats,
+        cache_salt: str | None = None, num_copies: int = 1,
     ) -> AsyncIterator[Any]:
         """Engine outputs (deltas) for one prompt; engine errors come out as TuneserveErrors.
 
+        `num_copies` > 1 runs the request that many times as choices 0..num_copies-1: how
+        `n` > 1 works with greedy decoding, which vLLM's sampler refuses (OpenAI accepts it).
+        The copies share the prompt's KV cache through the prefix cache.
         Closing this iterator early (client gone, timeout) closes vLLM's, which aborts the request.
         """
+        if num_copies == 1:
+            return self._generate(prompt_ids, params, request_id, lora_request, stats, cache_salt)
+        copies = [self._generate(prompt_ids, params, f"{request_id}-c{i}", lora_request, stats, cache_salt) for i in range(num_copies)]
+        return _as_choices(copies)
+
+    async def _generate(self, prompt_ids, params, request_id, lora_request, stats, cache_salt) -> AsyncIterator[Any]:
         if stats.reserve_tokens is not None:
             stats.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
         stats.num_prompt_tokens += len(prompt_ids)
-        stream = self.engine.generate(tokens_prompt(prompt_ids), params, request_id, lora_request=lora_request)
+        prompt = tokens_prompt(prompt_ids, cache_salt)
+        stream = self.engine.generate(prompt, params, request_id, lora_request=lora_request)
         try:
             async for output in stream:
                 stats.on_output(sum(len(o.token_ids) for o in output.outputs))
@@ -146,6 +177,33 @@ class OpenAIServing:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+
+# apply_chat_template's own arguments: a client's chat_template_kwargs must not reach them.
+RESERVED_TEMPLATE_ARGS = {
+    "conversation", "tools", "documents", "chat_template", "add_generation_prompt", "continue_final_message",
+    "tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict", "return_assistant_tokens_mask",
+    "tokenizer_kwargs", "add_special_tokens", "messages", "tokenizer",
+}
+
+
+async def _as_choices(copies: list[AsyncIterator[Any]]) -> AsyncIterator[Any]:
+    """Outputs of identical requests merged, copy i's (only) choice renumbered as choice i."""
+    from vllm.utils.async_utils import merge_async_iterators
+
+    merged = merge_async_iterators(*copies)
+    try:
+        async for i, output in merged:
+            for o in output.outputs:
+                o.index = i
+            yield output
+    finally:
+        await merged.aclose()
+
+
+def truncate(ids: list[int], keep: int | None) -> list[int]:
+    """vLLM's truncate_prompt_tokens: keep the last `keep` tokens (-1 or None: all)."""
+    return ids if keep is None or keep < 0 else ids[-keep:] if keep else []
 
 
 def raise_if_failed(output: Any) -> None:
