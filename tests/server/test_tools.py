@@ -35,7 +35,7 @@ def assert_valid_calls(calls, names=None):
 def test_named_tool_call_returns_schema_valid_arguments(openai_client):
     response = openai_client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice=NAMED, temperature=0, max_tokens=80)
     message = response.choices[0].message
-    assert message.content is None
+    assert message.content == ""  # vLLM's choice for forced calls (OpenAI sends null): both are falsy
     assert_valid_calls(message.tool_calls, {"get_weather"})
     assert len(message.tool_calls) == 1
     assert response.choices[0].finish_reason == "stop"  # OpenAI's reason for a forced call

@@ -77,6 +77,8 @@ class ChatServing:
 
     def _choice(self, request: ChatCompletionRequest, index: int, c: Choice) -> ChatChoice:
         content, calls = self.reader(request).read(c.text)
+        if request.echoed_text:
+            content = request.echoed_text + (content or "")
         finish_reason = _finish_reason(request, c.finish_reason, bool(calls))
         message = ChatCompletionMessage.of(content, calls, request.uses_legacy_functions)
         return ChatChoice(index=index, message=message, logprobs=self._logprobs(request, c), finish_reason=finish_reason)
@@ -97,6 +99,8 @@ class ChatServing:
                     if o.index not in readers:
                         readers[o.index] = self.reader(request)
                         yield chunk(ChatChunkChoice(index=o.index, delta=Delta(role="assistant", content="")))
+                        if request.echoed_text:
+                            yield chunk(ChatChunkChoice(index=o.index, delta=Delta(content=request.echoed_text)))
                     num_completion_tokens += len(o.token_ids)
                     for piece in self._deltas(request, readers[o.index], o):
                         yield chunk(piece)

@@ -135,6 +135,12 @@ class ChatCompletionRequest(SamplingFields):
         return self
 
     @property
+    def echoed_text(self) -> str:
+        """vLLM's chat `echo`: the last message's text when it is the assistant's (continued), else ""."""
+        last = self.messages[-1]
+        return last.text if self.echo and last.role == "assistant" else ""
+
+    @property
     def uses_legacy_functions(self) -> bool:
         return bool(self.functions)
 

@@ -11,7 +11,7 @@ from tuneserve.server.errors import EngineDeadError, ServiceUnavailableError
 from tuneserve.server.inference import run_inference
 from tuneserve.server.metrics import render_metrics
 from tuneserve.server.responses_protocol import ResponsesRequest
-from tuneserve.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize
+from tuneserve.server.tokenize import DetokenizeRequest, TokenizeRequest, detokenize, tokenize, tokenizer_info
 
 router = APIRouter()
 
@@ -48,6 +48,12 @@ async def tokenize_route(body: TokenizeRequest, raw: Request):
 async def detokenize_route(body: DetokenizeRequest, raw: Request):
     checked_model(raw, body.model)
     return JSONResponse(detokenize(raw.app.state.chat, body).model_dump(mode="json"))
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info_route(raw: Request):
+    authorize(raw, "inference")
+    return JSONResponse(tokenizer_info(raw.app.state.serving.tokenizer))
 
 
 def checked_model(raw: Request, name: str | None) -> str:

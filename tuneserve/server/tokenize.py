@@ -69,3 +69,13 @@ def tokenize(chat: ChatServing, request: TokenizeRequest, model: str) -> Tokeniz
 
 def detokenize(chat: ChatServing, request: DetokenizeRequest) -> DetokenizeResponse:
     return DetokenizeResponse(prompt=chat.serving.tokenizer.decode(chat.serving.encode_prompt(request.tokens, param="tokens")))
+
+
+def tokenizer_info(tokenizer: Any) -> dict:
+    """vLLM's GET /tokenizer_info: the tokenizer's class, settings, special tokens and chat template."""
+    info = {k: v for k, v in tokenizer.init_kwargs.items() if isinstance(v, str | int | float | bool | list) and k != "name_or_path"}
+    info["added_tokens_decoder"] = {
+        str(i): {"content": t.content, "special": t.special, "lstrip": t.lstrip, "rstrip": t.rstrip, "normalized": t.normalized, "single_word": t.single_word}
+        for i, t in tokenizer.added_tokens_decoder.items()
+    }
+    return {**info, "tokenizer_class": type(tokenizer).__name__, "chat_template": tokenizer.chat_template}

@@ -89,9 +89,11 @@ class ToolCallReader:
         if not self.is_active:
             return text, []
         if isinstance(self.choice, NamedToolChoice):
-            return None, [ToolCall(id=self.call_id, function=FunctionCall(name=self.choice.function.name, arguments=text))]
+            if not _is_json(text):  # cut off by max_tokens: no call, and finish_reason "length" says why
+                return "", []
+            return "", [ToolCall(id=self.call_id, function=FunctionCall(name=self.choice.function.name, arguments=text))]
         if self.choice == "required":
-            return None, _calls_from_array(text)
+            return "", _calls_from_array(text)
         return self._read_auto(text)
 
     def _read_auto(self, text: str) -> tuple[str | None, list[ToolCall]]:
@@ -153,6 +155,14 @@ class ToolCallReader:
     @property
     def has_calls(self) -> bool:
         return self.is_active and bool(self.read(self.text)[1])
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _calls_from_array(text: str) -> list[ToolCall]:
