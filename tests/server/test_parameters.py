@@ -93,3 +93,21 @@ def test_unsupported_and_unknown_names_still_fail(http, body, param):
 def test_defaults_of_unsupported_vllm_extensions_are_accepted(http):
     body = chat_body(max_tokens=2, use_beam_search=False, length_penalty=1.0, vllm_xargs=None)
     assert http.post("/v1/chat/completions", json=body).status_code == 200
+
+
+@engine
+def test_chat_echo_and_continue_final_message(openai_client):
+    messages = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "The capital of France is"}]
+    extra = {"add_generation_prompt": False, "continue_final_message": True}
+    plain = openai_client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=5, extra_body=extra)
+    echoed = openai_client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=5, extra_body={**extra, "echo": True})
+    assert "Paris" in plain.choices[0].message.content
+    assert echoed.choices[0].message.content == "The capital of France is" + plain.choices[0].message.content
+
+
+@engine
+def test_tokenizer_info_describes_the_served_tokenizer(http, tokenizer):
+    info = http.get("/tokenizer_info").json()
+    assert info["tokenizer_class"] == type(tokenizer).__name__
+    assert info["chat_template"] == tokenizer.chat_template
+    assert info["added_tokens_decoder"][str(tokenizer.eos_token_id)]["content"] == tokenizer.eos_token

@@ -29,11 +29,12 @@ def chat_logprobs(
         return None
     content = []
     for token_id, position in zip(token_ids, logprobs, strict=False):
-        token = _token_text(token_id, position.get(token_id), tokenizer)
+        entry = position.get(token_id)  # vLLM always includes the sampled token; be safe if not
+        token = _token_text(token_id, entry, tokenizer)
         content.append(
             TokenLogprob(
                 token=token,
-                logprob=_logprob(position[token_id].logprob),
+                logprob=_logprob(entry.logprob) if entry is not None else -9999.0,
                 bytes=list(token.encode()),
                 top_logprobs=[
                     TopLogprob(token=t, logprob=lp, bytes=list(t.encode()))
