@@ -34,12 +34,13 @@ def serve(config: ServeConfig) -> int:
     base = served_base(config.model_names, model_dir) if config.is_lora_enabled else None
     if base is not None:
         check_adapters(config.adapters, base, config.max_lora_rank)
-    try:
-        check_tool_parser(config.tool_call_parser)
-    except ValueError as e:
-        raise StartupError(f"--tool-call-parser: {e}") from None
     sock = bind_socket(config.host, config.port)
     warn_if_exposed(config.host, auth is not None)
+    try:  # last of the early checks: vLLM's parser registry takes ~3 s to import
+        check_tool_parser(config.tool_call_parser)
+    except ValueError as e:
+        sock.close()
+        raise StartupError(f"--tool-call-parser: {e}") from None
     try:
         return asyncio.run(_serve(config, model_dir, auth, base, sock))
     finally:
