@@ -96,6 +96,11 @@ def test_unknown_previous_response_id_is_404(http):
         ({"model": MODEL, "input": [{"type": "input_image", "image_url": "x"}]}, "input"),
         ({"model": MODEL, "input": "hi", "background": True}, "background"),
         ({"model": MODEL, "input": "hi", "max_output_tokens": 0}, "max_output_tokens"),
+        # found by schema fuzzing: wrong shapes were 500s
+        ({"model": MODEL, "input": "hi", "tools": 1.5}, "tools"),
+        ({"model": MODEL, "input": [{"role": "user", "content": 5}]}, "input"),
+        ({"model": MODEL, "input": [{"role": "user", "content": [7]}]}, "input"),
+        ({"model": MODEL, "input": [{"role": 5, "content": "x"}]}, "input"),
     ],
 )
 def test_unsupported_responses_features_are_clear_400s(http, body, param):

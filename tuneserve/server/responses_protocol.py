@@ -73,7 +73,7 @@ class ResponsesRequest(OpenAIRequest):
     @field_validator("tools", mode="before")
     @classmethod
     def _functions_only(cls, v):
-        for tool in v or []:
+        for tool in v if isinstance(v, list) else []:  # other types: pydantic's own type error
             kind = tool.get("type") if isinstance(tool, dict) else None
             if kind != "function":
                 raise ValueError(f"tool type {kind!r} is not supported (function tools only)")
@@ -121,6 +121,8 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
     for i, item in enumerate(items):
         kind = item.get("type", "message")
         if kind == "message":
+            if item.get("role") not in ("user", "assistant", "system", "developer"):
+                raise ValueError(f"input[{i}]: role must be user, assistant, system or developer")
             messages.append({"role": item.get("role"), "content": _text(item.get("content"), i)})
         elif kind == "function_call":
             call = {"id": item.get("call_id"), "type": "function", "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")}}
@@ -138,9 +140,12 @@ def input_messages(items: str | list[dict[str, Any]]) -> list[dict]:
 def _text(content: Any, index: int) -> str:
     if isinstance(content, str):
         return content
+    if not isinstance(content, list):
+        raise ValueError(f"input[{index}]: content must be a string or a list of text parts")
     parts = []
-    for part in content or []:
-        if part.get("type") not in ("input_text", "output_text", "text"):
-            raise ValueError(f"input[{index}]: content type {part.get('type')!r} is not supported (text only)")
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("input_text", "output_text", "text") or not isinstance(part.get("text", ""), str):
+            raise ValueError(f"input[{index}]: content part {kind!r} is not supported (text only)")
         parts.append(part.get("text", ""))
     return "".join(parts)
