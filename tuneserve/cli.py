@@ -107,6 +107,7 @@ def serve(
     max_loras: Annotated[int | None, typer.Option(help="Adapters active in one engine step (default 4).")] = None,
     max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank: 1, 8, 16, 32, 64, ... (default 16).")] = None,
     max_cpu_loras: Annotated[int | None, typer.Option(help="Adapters cached in the engine.")] = None,
+    lora_kernels: Annotated[str | None, typer.Option(help="CPU: multi-LoRA ops, tuneserve (grouped GEMMs, default) | vllm.")] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key (all scopes).", envvar="TUNESERVE_API_KEY", show_envvar=True)] = None,
     api_keys: Annotated[str | None, typer.Option(help="YAML file of tenants: keys, scopes, models, limits.")] = None,
     max_queued_requests: Annotated[int | None, typer.Option(help="Requests in flight beyond this get 503.")] = None,

@@ -15,11 +15,16 @@ server. The fix: when the rows are not one per request, the lm_head delta is app
 some adapter has lm_head weights and the whole step uses one adapter (then exact); with no
 lm_head adapter loaded (the usual case; tuneserve refuses lm_head for tied-embedding models
 such as the default) the delta is zero and skipping it is exact too.
+
+Change 2, grouped multi-LoRA ops on CPU (`vllm_lora.GroupedPunicaWrapperCPU`, `lora_kernels`):
+the CPU platform's punica wrapper becomes tuneserve's, unless `TUNESERVE_LORA_KERNELS=vllm`
+(`tuneserve serve --lora-kernels vllm`), read when the engine builds its LoRA manager.
 """
 
 import logging
 
-logger = logging.getLogger("tuneserve.vllm_plugin")
+# A child of vLLM's logger, so the lines show in every engine process's log like vLLM's own.
+logger = logging.getLogger("vllm.tuneserve.plugin")
 
 VERIFIED_VLLM = ("0.32.",)
 
@@ -35,12 +40,18 @@ def vllm_version() -> str:
     return "unknown"
 
 
+def plugin_active() -> bool:
+    """Whether this vLLM is one the plugin's changes were verified on (else vLLM's code runs)."""
+    return vllm_version().startswith(VERIFIED_VLLM)
+
+
 def register() -> None:
-    found = vllm_version()
-    if not found.startswith(VERIFIED_VLLM):
-        logger.warning("tuneserve's vLLM fixes were verified on vLLM %s; this is %s: left out", "/".join(VERIFIED_VLLM), found)
+    if not plugin_active():
+        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops) were verified on vLLM %s; "
+                       "this is %s: left out, vLLM's own code runs", "/".join(VERIFIED_VLLM), vllm_version())
         return
     _patch_cpu_lora_logits()
+    _install_cpu_lora_kernels()
 
 
 def _patch_cpu_lora_logits() -> None:
@@ -78,3 +89,47 @@ def _lora_logits_one_adapter(y, x, lora_a_stacked, lora_b_stacked, scale, row_in
     bgmv_shrink(rows_x, lora_a_stacked, buffer, row_indices, scale)
     bgmv_expand(buffer, lora_b_stacked, rows_y, row_indices, add_inputs=True)
     return y
+
+
+def _install_cpu_lora_kernels() -> None:
+    try:
+        from vllm.platforms.cpu import CpuPlatform
+    except ImportError:
+        return
+    original = CpuPlatform.get_punica_wrapper.__func__
+    if getattr(original, "is_tuneserve_fix", False):
+        return
+
+    def get_punica_wrapper(cls) -> str:
+        from tuneserve.models.vllm_lora import chosen
+
+        if chosen() == "vllm":
+            logger.warning("multi-LoRA ops: vLLM's own CPU ops (--lora-kernels vllm)")
+            return original(cls)
+        return "tuneserve.models.vllm_lora.GroupedPunicaWrapperCPU"
+
+    get_punica_wrapper.is_tuneserve_fix = True
+    CpuPlatform.get_punica_wrapper = classmethod(get_punica_wrapper)
+    _skip_idle_lora_layers()
+
+
+def _skip_idle_lora_layers() -> None:
+    """LoRA linear layers run as their base layer when tuneserve's wrapper says no adapter of the
+    step changes them (`GroupedPunicaWrapperCPU.skips`); with any other wrapper, as before."""
+    from vllm.lora.layers.column_parallel_linear import ColumnParallelLinearWithLoRA
+    from vllm.lora.layers.replicated_linear import ReplicatedLinearWithLoRA
+    from vllm.lora.layers.row_parallel_linear import RowParallelLinearWithLoRA
+
+    for cls in (ColumnParallelLinearWithLoRA, RowParallelLinearWithLoRA, ReplicatedLinearWithLoRA):
+        original = cls.forward
+        if getattr(original, "is_tuneserve_fix", False):
+            continue
+
+        def forward(self, input_, *, _original=original):
+            skips = getattr(self.__dict__.get("punica_wrapper"), "skips", None)
+            if skips is not None and skips(self, input_):
+                return self.base_layer(input_)
+            return _original(self, input_)
+
+        forward.is_tuneserve_fix = True
+        cls.forward = forward

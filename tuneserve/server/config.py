@@ -63,6 +63,10 @@ class ServeConfig(BaseModel):
     max_loras: int = Field(4, ge=1, description="Adapters active in one engine step.")
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).")
     max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded in the engine's cache.")
+    lora_kernels: Literal["tuneserve", "vllm"] = Field(
+        "tuneserve", description="CPU only: multi-LoRA ops - tuneserve's grouped GEMMs (vLLM plugin) or vLLM's own "
+        "per-token ops (README, multi-LoRA speed).",
+    )
     max_request_bytes: int = Field(
         4 << 20, ge=1024, description="Largest accepted request body; larger ones get 413."
     )

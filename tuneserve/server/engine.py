@@ -1,6 +1,7 @@
 """The engine behind the server: a small interface, and the vLLM AsyncLLM that fulfils it."""
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,6 +81,18 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
     )
 
 
+def use_lora_kernels(choice: str) -> None:
+    """Tell tuneserve's vLLM plugin, in the engine processes about to start, which LoRA ops to use."""
+    from tuneserve.models.vllm_lora import ENV
+    from tuneserve.models.vllm_plugin import plugin_active
+
+    os.environ[ENV] = choice
+    if choice == "tuneserve" and not plugin_active():
+        logger.warning("multi-LoRA ops: vLLM's own (tuneserve's vLLM plugin is not active for this vLLM version)")
+    else:
+        logger.info("multi-LoRA ops: %s", "tuneserve's grouped GEMMs" if choice == "tuneserve" else "vLLM's own")
+
+
 def build_engine(config: ServeConfig, model_dir: Path):
     """The server's AsyncLLM, after the platform checks."""
     from tuneserve.models.engine import is_cpu_platform, start_engine
@@ -87,4 +100,6 @@ def build_engine(config: ServeConfig, model_dir: Path):
 
     is_cpu = is_cpu_platform()
     check_platform_options(config, is_cpu)
+    if is_cpu and config.is_lora_enabled:
+        use_lora_kernels(config.lora_kernels)
     return start_engine(model_dir, config.cpu_threads, **engine_kwargs(config, model_dir, is_cpu))
