@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-lora bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -74,6 +74,8 @@ runs/draft/tuneserve.json: | setup
 # Bench matrices (examples/bench/); results and reports go to docs/bench/<name>/.
 bench-cpu: runs/dates-merged/tuneserve.json runs/smollm2-w4a16/tuneserve.json runs/smollm2-w8a8/tuneserve.json runs/draft/tuneserve.json
 	$(TS) bench run examples/bench/cpu.yaml --out docs/bench/cpu --overwrite
+bench-lora: setup
+	$(TS) bench run examples/bench/lora.yaml --out docs/bench/lora --overwrite
 bench-speculative: runs/draft/tuneserve.json
 	$(TS) bench run examples/bench/speculative.yaml --out docs/bench/speculative --overwrite
 bench-gateway: setup
