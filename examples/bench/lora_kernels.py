@@ -1,8 +1,8 @@
 """Micro-benchmark of the multi-LoRA ops on the default model's layer shapes: vLLM's CPU ops, and
 tuneserve's "stacked" and "grouped" strategies, side by side in one run (medians of repeats).
 
-It is what set `STACKED_MAX_WASTE` in tuneserve/models/lora_kernels.py: where grouped starts to
-beat stacked with several adapters. The layer is SmolLM2-135M's qkv projection
+It is what set `STACKED_MAX_COLUMNS` in tuneserve/models/lora_kernels.py: how many adapter
+columns a layer may have before grouped beats stacked. The layer is SmolLM2-135M's qkv projection
 (576 -> 576 + 192 + 192) with rank-8 adapters of q_proj and v_proj (the committed examples)
 padded to the engine's max rank 16, as vLLM holds them; the base GEMM is shown for scale.
 
@@ -82,15 +82,15 @@ def main() -> None:
             vllm_us = timed(partial(vllm_ops.add_lora_linear, y, x, a, b, 1.0, SLICES))
             measured = {}
             for strategy, threshold in (("stacked", 1 << 62), ("grouped", 0)):
-                kernels.STACKED_MAX_WASTE = threshold
+                kernels.STACKED_MAX_COLUMNS = threshold
                 measured[strategy] = timed(partial(ours.add_lora_linear, y, x, a, b, 1.0, SLICES))
-            kernels.STACKED_MAX_WASTE = DEFAULT_THRESHOLD
-            chosen = "stacked" if ours._plan(rows).stacks(2 * RANK) else "grouped"
+            kernels.STACKED_MAX_COLUMNS = DEFAULT_THRESHOLD
+            chosen = "stacked" if kernels.stacks(SLOTS, 2 * RANK) else "grouped"
             print(f"| {rows} | {k} | {base:.0f} | {vllm_us:.0f} | {measured['stacked']:.0f} | {measured['grouped']:.0f} "
                   f"| {chosen} | {vllm_us / measured[chosen]:.1f}x |", flush=True)
 
 
-DEFAULT_THRESHOLD = kernels.STACKED_MAX_WASTE
+DEFAULT_THRESHOLD = kernels.STACKED_MAX_COLUMNS
 
 if __name__ == "__main__":
     main()

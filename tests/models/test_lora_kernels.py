@@ -63,7 +63,7 @@ CASES = [  # rows, slots (incl. the empty one), adapters used, rows without adap
 @pytest.fixture(params=["stacked", "grouped"])
 def strategy(request, monkeypatch):
     """Each strategy on every case, whatever the measured crossover would pick."""
-    monkeypatch.setattr(kernels, "STACKED_MAX_WASTE", 1 << 62 if request.param == "stacked" else 0)
+    monkeypatch.setattr(kernels, "STACKED_MAX_COLUMNS", 1 << 62 if request.param == "stacked" else 0)
     return request.param
 
 
@@ -192,3 +192,23 @@ def test_layers_no_adapter_of_the_step_changes_are_skipped():
     assert idle.skips(qkv, x)
     _, other = wrappers(8, [11] * 8, [10, 11, None], prefill=False)
     assert other.skips(qkv, x)  # slot 1's adapter has no q/k/v weights
+
+
+@pytest.mark.parametrize("strategy", ["stacked", "grouped"], indirect=True)
+def test_a_rows_result_does_not_depend_on_the_rest_of_its_step(strategy):
+    """Bit for bit in bf16: a request's output must not change with who shares its step."""
+    rng = random.Random(3)
+    torch.manual_seed(3)
+    rows, sizes = 24, (64, 32, 32)
+    ids, mapping = step(rng, rows, 5, 4, True, prefill=False)
+    a = tuple(stacked(5, 8, 96, torch.bfloat16) for _ in sizes)
+    b = tuple(stacked(5, size, 8, torch.bfloat16, () if i != 1 else range(5)) for i, size in enumerate(sizes))
+    x, y0 = torch.randn(rows, 96, dtype=torch.bfloat16), torch.randn(rows, sum(sizes), dtype=torch.bfloat16)
+    _, together = wrappers(rows, ids, mapping, prefill=False)
+    got = y0.clone()
+    together.add_lora_linear(got, x, a, b, 1.0, sizes)
+    for i in range(rows):
+        _, alone = wrappers(1, ids[i : i + 1], mapping, prefill=False)
+        one = y0[i : i + 1].clone()
+        alone.add_lora_linear(one, x[i : i + 1], a, b, 1.0, sizes)
+        assert torch.equal(one, got[i : i + 1]), i

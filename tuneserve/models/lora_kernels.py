@@ -8,28 +8,34 @@ copied every step).
 
 Here each engine step is planned once (`LoraPlan`: the step's adapter slot per row) and every
 op runs as a few plain GEMMs on weights laid out once:
-- Slots whose weights are all zero in a layer count as "no adapter" there: the delta is exactly
-  zero, so nothing runs for them (an adapter of q_proj and v_proj costs nothing in o_proj, the
-  MLP, the k slice or the logits). Zero slots and the used rank (vLLM pads every adapter to
-  --max-lora-rank) are read once per weight version: `torch.Tensor._version` moves on every
-  in-place write (`set_lora`, `reset_lora`), so a hot-swapped adapter is seen on its next step.
-- `linear` (every projection) fuses the slices of a packed layer (q/k/v, gate/up) and the step's
-  adapters into one shrink GEMM against their A matrices side by side and one expand GEMM against
-  their B matrices laid out block-wise ("stacked"), each row masked to its own adapter's columns;
-  with many rows, each adapter's rows are instead gathered and multiplied on their own
-  ("grouped"), which does no wasted arithmetic. `STACKED_MAX_WASTE` is the crossover measured by
-  `examples/bench/lora_kernels.py`.
+- Slots whose weights are all zero in a layer are not that layer's adapters: an adapter of
+  q_proj and v_proj costs nothing in o_proj, the MLP, the k slice or the logits, and a layer
+  none of the step's rows' adapters change is skipped. Which slots are non-zero, and the rank
+  they use (vLLM pads every adapter to --max-lora-rank), are read once per weight version
+  (`torch.Tensor._version` moves on every in-place write: `set_lora`, `reset_lora`), so a
+  hot-swapped adapter is seen on its next step.
+- `linear` (every projection) fuses the slices of a packed layer (q/k/v, gate/up) and the
+  layer's loaded adapters into one shrink GEMM against their A matrices side by side and one
+  expand GEMM against their B matrices laid out block-wise ("stacked"), each row masked to its
+  own adapter's columns (exact: a multiply by 1 or 0). Layers with many adapter columns run
+  "grouped" instead: each adapter's rows gathered and multiplied on their own, no wasted
+  arithmetic. `STACKED_MAX_COLUMNS` is the crossover measured by `examples/bench/lora_kernels.py`.
 - `shrink` / `expand` (the separate halves vLLM's row-parallel, embedding and logits layers call)
   work the same way per slice; a vocab-wide expand is always grouped (no vocab x adapters copy).
+- Batch invariance: the layout and strategy of a layer follow its loaded weights, never the
+  step's mix, and the GEMMs here give a row the same bits whatever the other rows (checked on
+  this CPU), so a request's greedy output does not depend on who shares its steps, as with
+  vLLM's per-token ops.
 
 Rows with slot -1 get no LoRA delta: what vLLM's GPU kernels do and its CPU ops mean to do (they
 index slot -1, the last adapter slot, which is right only while that slot is empty; see
 docs/upstream/vllm-cpu-lora-kernels.md).
 
-Numerics: vLLM keeps the shrink result (the "buffer") in float32 and rounds it to the output
-dtype before the expand; here the shrink GEMM runs in the input dtype with float32 accumulation
-and is rounded once to it, the same value up to accumulation order. With float32 weights
-(`--dtype float32`) both are float32 throughout.
+Numerics are vLLM's, rounding for rounding: the shrink runs in float32 (vLLM's "buffer"),
+its result is rounded to the output dtype, the expand GEMM's result is rounded too, then added
+to the output; only the order of the float32 accumulations differs. Computing in bf16 with one
+rounding instead was measurably cheaper on prefill but moved near-tie greedy tokens of the
+example adapters away from vLLM's answers.
 """
 
 from __future__ import annotations
@@ -38,47 +44,38 @@ import weakref
 
 import torch
 
-# "Stacked" (2 GEMMs for all adapters and slices) multiplies every row by every adapter:
-# rows x (adapters - 1) x rank-columns products are wasted. Below this much waste it beats
-# "grouped" (2 GEMMs per adapter); examples/bench/lora_kernels.py measured the crossover on a
-# 2-core AVX-512 CPU at ~1,024 rows with 4 rank-8 adapters of q and v (16 rank columns).
-STACKED_MAX_WASTE = 1024 * 3 * 16
+# "Stacked" (2 GEMMs over every loaded adapter of a layer) multiplies every row by every
+# adapter's columns; "grouped" (2 GEMMs per adapter in the step) does no wasted arithmetic but
+# makes more calls. examples/bench/lora_kernels.py on a 2-core AVX-512 CPU: with 4 rank-8
+# adapters of q and v (64 columns) stacked wins up to ~1,000 rows and loses by 1.3x at 2,048;
+# decode steps (tens of rows) dominate serving, so layers up to this many columns stack.
+STACKED_MAX_COLUMNS = 256
 # Outputs wider than this (the logits) are never stacked: that would copy width x adapters x rank.
 STACKED_MAX_OUT = 8192
+# vLLM's "buffer" dtype: the shrink runs in it, from float32 copies of the inputs.
+BUFFER_DTYPE = torch.float32
 
 
 class LoraPlan:
     """Which adapter slot each row of one engine step uses, grouped for the ops below."""
 
-    def __init__(self, indices: torch.Tensor, slots: list[int] | None = None):
+    def __init__(self, indices: torch.Tensor):
         self.rows = int(indices.numel())
         self.indices = indices
-        if slots is None:
-            slots = [s for s in torch.unique(indices).tolist() if s >= 0]  # sorted
+        slots = [s for s in torch.unique(indices).tolist() if s >= 0]  # sorted
         self.slots = slots
         self.none = not slots
-        self.single = len(slots) == 1 and bool((indices == slots[0]).all())  # every row, one adapter
-        self._onehot: dict[torch.dtype, torch.Tensor] = {}
+        self._onehot: dict[tuple, torch.Tensor] = {}
         self._groups: list[tuple[int, torch.Tensor]] | None = None
-        self._narrowed: dict[tuple[int, ...], LoraPlan] = {}
         self.layer_memo: dict[int, bool] = {}  # per LoRA layer: nothing to add in this step
 
-    def narrow(self, live: tuple[int, ...]) -> LoraPlan:
-        """This step with only the `live` slots: rows of the others count as rows without an adapter."""
-        if live == tuple(self.slots):
-            return self
-        plan = self._narrowed.get(live)
-        if plan is None:
-            keep = torch.isin(self.indices, torch.tensor(live, dtype=self.indices.dtype))
-            plan = self._narrowed[live] = LoraPlan(torch.where(keep, self.indices, -1), list(live))
-        return plan
-
-    def onehot(self, dtype: torch.dtype) -> torch.Tensor:
-        """[rows, adapters, 1]: 1 where the row uses that adapter (all zeros for slot -1)."""
-        if dtype not in self._onehot:
-            slots = torch.tensor(self.slots, dtype=self.indices.dtype)
-            self._onehot[dtype] = (self.indices.unsqueeze(1) == slots.unsqueeze(0)).to(dtype).unsqueeze(2)
-        return self._onehot[dtype]
+    def onehot(self, slots: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """[rows, len(slots), 1]: 1 where the row uses that slot (all zeros for slot -1)."""
+        key = (slots, dtype)
+        if key not in self._onehot:
+            wanted = torch.tensor(slots, dtype=self.indices.dtype)
+            self._onehot[key] = (self.indices.unsqueeze(1) == wanted.unsqueeze(0)).to(dtype).unsqueeze(2)
+        return self._onehot[key]
 
     def groups(self) -> list[tuple[int, torch.Tensor]]:
         """(slot, the rows using it) for every active slot."""
@@ -86,10 +83,14 @@ class LoraPlan:
             self._groups = [(s, torch.nonzero(self.indices == s).squeeze(1)) for s in self.slots]
         return self._groups
 
-    def stacks(self, rank_columns: int, width: int = 0) -> bool:
-        """Stacked or grouped, by measurement (see STACKED_MAX_WASTE)."""
-        waste = self.rows * (len(self.slots) - 1) * rank_columns
-        return self.single or (waste < STACKED_MAX_WASTE and width <= STACKED_MAX_OUT)
+    def uses_any(self, slots) -> bool:
+        return any(s in slots for s in self.slots)
+
+
+def stacks(num_slots: int, rank_columns: int, width: int = 0) -> bool:
+    """Stacked or grouped for a layer, from its loaded weights alone (never from the batch, so a
+    row's result does not depend on which other requests share its step); see STACKED_MAX_COLUMNS."""
+    return num_slots * rank_columns <= STACKED_MAX_COLUMNS and width <= STACKED_MAX_OUT
 
 
 class _Facts:
@@ -122,14 +123,13 @@ class WeightCache:
             found = self._facts[id(tensor)] = _Facts(tensor, rank_dim)
         return found
 
-    def live(self, plan: LoraPlan, a: torch.Tensor | None, b: torch.Tensor | None = None) -> LoraPlan:
-        """The plan narrowed to the slots whose weights are non-zero in A (and B)."""
-        if plan.none:
-            return plan
-        a_live = self.facts(a, 1).live if a is not None else None
-        b_live = self.facts(b, 2).live if b is not None else None
-        live = tuple(s for s in plan.slots if (a_live is None or s in a_live) and (b_live is None or s in b_live))
-        return plan.narrow(live)
+    def slots(self, a: torch.Tensor | None, b: torch.Tensor | None = None) -> tuple[int, ...]:
+        """The slots whose adapter has non-zero weights in A (and B): the loaded adapters that
+        change this layer, whatever the batch."""
+        live = self.facts(a, 1).live if a is not None else None
+        if b is not None:
+            live = self.facts(b, 2).live if live is None else live & self.facts(b, 2).live
+        return tuple(sorted(live))
 
     def rank(self, a: torch.Tensor) -> int:
         """The rank the loaded adapters use in this A tensor (vLLM pads to --max-lora-rank)."""
@@ -177,42 +177,46 @@ def _weights(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.squeeze(1) if stacked.dim() == 4 else stacked
 
 
-def _mask(h: torch.Tensor, plan: LoraPlan, blocks: int) -> torch.Tensor:
-    """Zero every column of h [rows, blocks*adapters*rank] outside its row's own adapter."""
-    rows, k = h.size(0), len(plan.slots)
-    return (h.view(rows, blocks, k, -1) * plan.onehot(h.dtype).view(rows, 1, k, 1)).view(rows, -1)
+def _mask(h: torch.Tensor, plan: LoraPlan, slots: tuple[int, ...], blocks: int) -> torch.Tensor:
+    """Zero every column of h [rows, blocks*slots*rank] outside its row's own adapter (exact)."""
+    rows, k = h.size(0), len(slots)
+    return (h.view(rows, blocks, k, -1) * plan.onehot(slots, h.dtype).view(rows, 1, k, 1)).view(rows, -1)
 
 
 def linear(cache: WeightCache, plan: LoraPlan, x: torch.Tensor, lora_a: tuple[torch.Tensor, ...],
            lora_b: tuple[torch.Tensor, ...], output_slices: tuple[int, ...], y: torch.Tensor) -> None:
     """y[:, slice i] += x @ A_i[slot(row)]^T @ B_i[slot(row)]^T for every slice i and row: vLLM's
-    add_lora_linear (scale 1, as its layers call it). x: [rows, in]; y: [rows, sum(output_slices)]."""
+    add_lora_linear (scale 1, as its layers call it). x: [rows, in]; y: [rows, sum(output_slices)].
+
+    The weight layouts (which slices, which slots, what rank) follow the loaded adapters only, so
+    every row is computed the same way whatever else is in its step."""
+    slice_slots = [cache.slots(a, b) for a, b in zip(lora_a, lora_b, strict=True)]
+    live = [i for i, found in enumerate(slice_slots) if found]
+    slots = tuple(sorted({s for i in live for s in slice_slots[i]}))
+    if not plan.uses_any(slots):
+        return  # no row of this step uses an adapter that changes this layer
     offsets = [sum(output_slices[:i]) for i in range(len(output_slices))]
-    live = [i for i, (a, b) in enumerate(zip(lora_a, lora_b, strict=True)) if not cache.live(plan, a, b).none]
-    if not live:
-        return
-    slots = tuple(sorted({s for i in live for s in cache.live(plan, lora_a[i], lora_b[i]).slots}))
-    plan = plan.narrow(slots)
     a_tensors, b_tensors = tuple(lora_a[i] for i in live), tuple(lora_b[i] for i in live)
     ranks = tuple(max(cache.rank(a), 1) for a in a_tensors)
     spans = tuple((offsets[i], output_slices[i]) for i in live)
     target = y[:, spans[0][0] : spans[-1][0] + spans[-1][1]]
-    if plan.stacks(sum(ranks)):
-        h = x @ cache.a_side(a_tensors, ranks, slots, x.dtype)  # [rows, slices*k*rank]
-        if not plan.single:
-            h = _mask(h, plan, len(live)) if len(set(ranks)) == 1 else _mask_ragged(h, plan, ranks)
-        target.addmm_(h.to(y.dtype), cache.b_side(b_tensors, ranks, spans, slots, y.dtype))
+    xf = x.to(BUFFER_DTYPE)
+    if stacks(len(slots), sum(ranks)):
+        h = xf @ cache.a_side(a_tensors, ranks, slots, BUFFER_DTYPE)  # [rows, slices*slots*rank]
+        h = _mask(h, plan, slots, len(live)) if len(set(ranks)) == 1 else _mask_ragged(h, plan, slots, ranks)
+        target.add_(h.to(y.dtype) @ cache.b_side(b_tensors, ranks, spans, slots, y.dtype))
         return
     for slot, rows in plan.groups():
-        h = x.index_select(0, rows) @ cache.a_side(a_tensors, ranks, (slot,), x.dtype)
-        target.index_add_(0, rows, h.to(y.dtype) @ cache.b_side(b_tensors, ranks, spans, (slot,), y.dtype))
+        if slot in slots:
+            h = xf.index_select(0, rows) @ cache.a_side(a_tensors, ranks, (slot,), BUFFER_DTYPE)
+            target.index_add_(0, rows, h.to(y.dtype) @ cache.b_side(b_tensors, ranks, spans, (slot,), y.dtype))
 
 
-def _mask_ragged(h: torch.Tensor, plan: LoraPlan, ranks: tuple[int, ...]) -> torch.Tensor:
+def _mask_ragged(h: torch.Tensor, plan: LoraPlan, slots: tuple[int, ...], ranks: tuple[int, ...]) -> torch.Tensor:
     """_mask for slices of different used ranks."""
-    parts, start, k = [], 0, len(plan.slots)
+    parts, start, k = [], 0, len(slots)
     for r in ranks:
-        parts.append(_mask(h[:, start : start + k * r], plan, 1))
+        parts.append(_mask(h[:, start : start + k * r], plan, slots, 1))
         start += k * r
     return torch.cat(parts, dim=1)
 
@@ -224,22 +228,23 @@ def shrink(cache: WeightCache, plan: LoraPlan, x: torch.Tensor, lora_a: torch.Te
     x: [rows, in]; lora_a: [slots, 1, rank, in]; out: [rows, >= rank] (float32 in vLLM).
     """
     target = out[:, : _weights(lora_a).size(1)]
-    plan = cache.live(plan, lora_a)
-    if plan.none:
+    slots = cache.slots(lora_a)
+    if not plan.uses_any(slots):
         target.zero_()
         return
     rank = max(cache.rank(lora_a), 1)
     if rank < target.size(1):
         target[:, rank:].zero_()
         target = target[:, :rank]
-    if plan.stacks(rank):
-        h = x @ cache.a_side((lora_a,), (rank,), tuple(plan.slots), x.dtype)
-        target.copy_(h if plan.single else _mask(h, plan, 1).view(h.size(0), len(plan.slots), rank).sum(dim=1))
+    x = x.to(out.dtype)
+    if stacks(len(slots), rank):
+        h = _mask(x @ cache.a_side((lora_a,), (rank,), slots, out.dtype), plan, slots, 1)
+        target.copy_(h.view(h.size(0), len(slots), rank).sum(dim=1))  # one non-zero term per row: exact
     else:
         target.zero_()
         for slot, rows in plan.groups():
-            target.index_copy_(0, rows, (x.index_select(0, rows) @ cache.a_side((lora_a,), (rank,), (slot,), x.dtype))
-                               .to(out.dtype))
+            if slot in slots:
+                target.index_copy_(0, rows, x.index_select(0, rows) @ cache.a_side((lora_a,), (rank,), (slot,), out.dtype))
     if scale != 1.0:
         target.mul_(scale)
 
@@ -256,15 +261,15 @@ def expand(cache: WeightCache, plan: LoraPlan, x: torch.Tensor, lora_b: torch.Te
     target = y[:, offset : offset + width]
     if not add_inputs:
         target.zero_()
-    plan = cache.live(plan, None, lora_b)
-    if plan.none:
+    slots = cache.slots(None, lora_b)
+    if not plan.uses_any(slots):
         return
     rank = max(cache.facts(lora_b, 2).rank, 1)  # columns past it meet zeros in every slot's B
     xc = x[:, :rank].to(y.dtype)
-    spans = ((offset, width),)
-    if plan.stacks(rank, width):
-        h = xc if plan.single else _mask(xc.repeat(1, len(plan.slots)), plan, 1)
-        target.addmm_(h, cache.b_side((lora_b,), (rank,), spans, tuple(plan.slots), y.dtype))
+    if stacks(len(slots), rank, width):
+        h = _mask(xc.repeat(1, len(slots)), plan, slots, 1)
+        target.add_(h @ cache.b_side((lora_b,), (rank,), ((offset, width),), slots, y.dtype))
     else:  # grouped: each adapter's rows, no weight copy
         for slot, rows in plan.groups():
-            target.index_add_(0, rows, xc.index_select(0, rows) @ b[slot, :width, :rank].to(y.dtype).t())
+            if slot in slots:
+                target.index_add_(0, rows, xc.index_select(0, rows) @ b[slot, :width, :rank].to(y.dtype).t())

@@ -55,8 +55,8 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
             return False
         found = plan.layer_memo.get(id(layer))
         if found is None:
-            found = plan.layer_memo[id(layer)] = all(
-                self.cache.live(plan, a, b).none for a, b in zip(layer.lora_a_stacked, layer.lora_b_stacked, strict=True))
+            found = plan.layer_memo[id(layer)] = not any(
+                plan.uses_any(self.cache.slots(a, b)) for a, b in zip(layer.lora_a_stacked, layer.lora_b_stacked, strict=True))
         return found
 
     def _plan(self, rows: int) -> LoraPlan | None:
@@ -107,7 +107,7 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
         plan = self._logits_plan(rows_x.size(0))
         if plan is None:  # e.g. one request's prompt rows (prompt logprobs)
             return super().add_lora_logits(y, x, lora_a_stacked, lora_b_stacked, scale, buffer=buffer, **kwargs)
-        if self.cache.live(plan, lora_a_stacked, lora_b_stacked).none:
+        if not plan.uses_any(self.cache.slots(lora_a_stacked, lora_b_stacked)):
             return y  # no adapter in this step touches lm_head
         out = buffer if buffer is not None else torch.zeros((rows_x.size(0), lora_b_stacked.size(-1)), dtype=torch.float32)
         shrink(self.cache, plan, rows_x, lora_a_stacked, out, scale)
