@@ -46,9 +46,10 @@ import torch
 
 # "Stacked" (2 GEMMs over every loaded adapter of a layer) multiplies every row by every
 # adapter's columns; "grouped" (2 GEMMs per adapter in the step) does no wasted arithmetic but
-# makes more calls. examples/bench/lora_kernels.py on a 2-core AVX-512 CPU: with 4 rank-8
-# adapters of q and v (64 columns) stacked wins up to ~1,000 rows and loses by 1.3x at 2,048;
-# decode steps (tens of rows) dominate serving, so layers up to this many columns stack.
+# makes more calls. examples/bench/lora_kernels.py on a 2-core AVX-512 CPU, 4 rank-8 adapters of
+# q and v loaded (64 columns): stacked ties or wins on decode steps (32 rows: 122 us against
+# 111-277) and loses ~1.5x on a 2,048-token prefill. The choice may not depend on the step
+# (batch invariance) and decode dominates serving, so layers up to this many columns stack.
 STACKED_MAX_COLUMNS = 256
 # Outputs wider than this (the logits) are never stacked: that would copy width x adapters x rank.
 STACKED_MAX_OUT = 8192
