@@ -29,12 +29,23 @@ def adapter_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory, adapter_root) -> ServerProcess:
-    """The one shared real server: base model, two preloaded adapters, tenants with keys."""
+def adapters_file(tmp_path_factory) -> Path:
+    """The session server's --adapters-file: empty; tests/server/test_adapters_file.py edits it and empties it again."""
+    path = tmp_path_factory.mktemp("adapters-file") / "adapters.yaml"
+    path.write_text("adapters: {}\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, adapter_root, adapters_file) -> ServerProcess:
+    """The one shared real server: base model, two preloaded adapters, tenants with keys, an adapters file."""
     tmp = tmp_path_factory.mktemp("server")
     (tmp / "keys.yaml").write_text(KEYS_YAML)
     adapters = [arg for name in ADAPTERS for arg in ("--adapter", f"{name}={adapter_root / name}")]
-    running = start_server(tmp, *adapters, "--adapter-root", str(adapter_root), "--api-keys", str(tmp / "keys.yaml"))
+    running = start_server(
+        tmp, *adapters, "--adapter-root", str(adapter_root), "--api-keys", str(tmp / "keys.yaml"),
+        "--adapters-file", str(adapters_file), "--adapters-file-poll-s", "0.5",
+    )
     yield running
     stop_server(running)
 

@@ -103,7 +103,9 @@ def serve(
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 above).")] = None,
     adapters: Annotated[list[str] | None, typer.Option("--adapter", help="Load an adapter at start: NAME=PATH (repeatable).")] = None,
     adapter_roots: Annotated[list[str] | None, typer.Option("--adapter-root", help="Directory the admin API may load adapters from (repeatable).")] = None,
-    enable_lora: Annotated[bool | None, typer.Option("--enable-lora/--no-enable-lora", help="LoRA support (default: on with --adapter/--adapter-root).")] = None,
+    adapters_file: Annotated[str | None, typer.Option(help="YAML file of adapters (name -> path) kept loaded as declared; reloaded when it changes.")] = None,
+    adapters_file_poll_s: Annotated[float | None, typer.Option(help="How often --adapters-file is checked (default 2 s).")] = None,
+    enable_lora: Annotated[bool | None, typer.Option("--enable-lora/--no-enable-lora", help="LoRA support (default: on with --adapter/--adapter-root/--adapters-file).")] = None,
     max_loras: Annotated[int | None, typer.Option(help="Adapters active in one engine step (default 4).")] = None,
     max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank: 1, 8, 16, 32, 64, ... (default 16).")] = None,
     max_cpu_loras: Annotated[int | None, typer.Option(help="Adapters cached in the engine.")] = None,
@@ -125,6 +127,7 @@ def serve(
     Examples:
       tuneserve serve --model smollm2-135m-instruct --port 8000
       tuneserve serve --adapter dates=examples/adapters/dates --adapter-root runs --api-keys keys.yaml
+      tuneserve serve --adapters-file examples/adapters.yaml
     """
     overrides = {k: v for k, v in locals().items() if k != "config"}
     from tuneserve.config import ConfigError, load_config

@@ -53,10 +53,13 @@ async def load_adapter(body: LoadAdapter, raw: Request):
 @router.get("/v1/adapters")
 async def list_adapters(raw: Request):
     adapters = registry(raw)
-    return {
+    listing = {
         "data": [v.describe() for v in adapters.current.values()],
         "engine_ids": sorted(await adapters.engine.list_loras()),
     }
+    if raw.app.state.adapters_file is not None:
+        listing["adapters_file"] = raw.app.state.adapters_file.status()
+    return listing
 
 
 @router.get("/v1/adapters/{name}")

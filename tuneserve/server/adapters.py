@@ -39,6 +39,7 @@ class AdapterVersion:
     version: int
     lora_id: int
     info: AdapterInfo
+    source: str = "api"  # how it came: "cli" (--adapter), "file" (--adapters-file) or "api" (admin API)
     loaded_at: float = field(default_factory=time.time)
     num_in_flight: int = 0
     is_retired: bool = False
@@ -52,7 +53,7 @@ class AdapterVersion:
         return {
             "name": self.name, "version": self.version, "engine_id": self.lora_id,
             "path": str(self.info.path), "rank": self.info.rank, "target_modules": self.info.target_modules,
-            "base_model": self.info.base_model, "loaded_at": int(self.loaded_at), "in_flight": self.num_in_flight,
+            "base_model": self.info.base_model, "source": self.source, "loaded_at": int(self.loaded_at), "in_flight": self.num_in_flight,
         }
 
 
@@ -66,13 +67,13 @@ class AdapterRegistry:
         self._versions: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
-    async def load(self, name: str, path: Path, force: bool = False) -> AdapterVersion:
+    async def load(self, name: str, path: Path, force: bool = False, source: str = "api") -> AdapterVersion:
         """Load `path` as `name`; a new version if the name exists. On failure the old one serves on."""
         check_name(name, self.base)
         # Reading and checking every tensor takes a while for big adapters: keep the loop serving.
         info = await asyncio.to_thread(check_adapter, path, self.base, self.max_rank, force)
         async with self._lock:
-            version = AdapterVersion(name, self._versions.get(name, 0) + 1, next(self._ids), info)
+            version = AdapterVersion(name, self._versions.get(name, 0) + 1, next(self._ids), info, source)
             try:
                 is_added = await self.engine.add_lora(version.lora_request())
             except Exception as e:  # the engine's own words: this is the admin API, and they help

@@ -52,7 +52,7 @@ class ServeConfig(BaseModel):
     )
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
     enable_lora: bool | None = Field(
-        None, description="Let requests use LoRA adapters; default: on when --adapter or --adapter-root is given."
+        None, description="Let requests use LoRA adapters; default: on when --adapter, --adapter-root or --adapters-file is given."
     )
     adapters: dict[str, str] = Field(
         default_factory=dict, description="Adapters to load at start: NAME=PATH (repeatable)."
@@ -60,6 +60,11 @@ class ServeConfig(BaseModel):
     adapter_roots: list[str] = Field(
         default_factory=list, description="Directories adapters may be loaded from at run time (admin API)."
     )
+    adapters_file: str | None = Field(
+        None, description="YAML file declaring adapters (name -> path, optional version) that the server loads at "
+        "start and reconciles whenever it changes: in Kubernetes a ConfigMap, so every replica serves the same set.",
+    )
+    adapters_file_poll_s: float = Field(2.0, gt=0, description="How often the --adapters-file is checked for changes.")
     max_loras: int = Field(4, ge=1, description="Adapters active in one engine step.")
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).")
     max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded in the engine's cache.")
@@ -133,7 +138,8 @@ class ServeConfig(BaseModel):
 
     @property
     def is_lora_enabled(self) -> bool:
-        return bool(self.adapters or self.adapter_roots) if self.enable_lora is None else self.enable_lora
+        is_needed = bool(self.adapters or self.adapter_roots or self.adapters_file)
+        return is_needed if self.enable_lora is None else self.enable_lora
 
 
 DEFAULT_SPECULATIVE_TOKENS = 4

@@ -23,7 +23,14 @@ def serve(config: ServeConfig) -> int:
     shutdown, 1 when the engine died (so that an orchestrator restarts the server).
     """
     from tuneserve.models import resolve_model
-    from tuneserve.server.startup import StartupError, bind_socket, check_adapters, load_keys, warn_if_exposed
+    from tuneserve.server.startup import (
+        StartupError,
+        bind_socket,
+        check_adapters,
+        check_adapters_file,
+        load_keys,
+        warn_if_exposed,
+    )
     from tuneserve.server.tools import check_tool_parser
 
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -34,6 +41,7 @@ def serve(config: ServeConfig) -> int:
     base = served_base(config.model_names, model_dir) if config.is_lora_enabled else None
     if base is not None:
         check_adapters(config.adapters, base, config.max_lora_rank)
+    check_adapters_file(config.adapters_file)
     sock = bind_socket(config.host, config.port)
     warn_if_exposed(config.host, auth is not None)
     try:  # last of the early checks: vLLM's parser registry takes ~3 s to import
@@ -63,17 +71,22 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock) -> int:
     from transformers import AutoTokenizer
 
     from tuneserve.server.adapters import AdapterRegistry
+    from tuneserve.server.adapters_file import AdaptersFileWatcher
     from tuneserve.server.app import create_app
     from tuneserve.server.engine import build_engine
     from tuneserve.server.serving import ServedModel
 
     engine = build_engine(config, model_dir)
+    watcher = None
     try:
         adapters = None
         if base is not None:
             adapters = AdapterRegistry(engine, base, config.max_lora_rank)
             for name, path in config.adapters.items():
-                await adapters.load(name, Path(path).expanduser().resolve())
+                await adapters.load(name, Path(path).expanduser().resolve(), source="cli")
+            if config.adapters_file:
+                watcher = AdaptersFileWatcher(Path(config.adapters_file).expanduser().resolve(), adapters, config.adapters_file_poll_s)
+                await watcher.check()  # broken entries are reported and skipped: the rest serves
         model = ServedModel(
             names=config.model_names, path=str(model_dir),
             max_model_len=engine.model_config.max_model_len, max_tokens_cap=config.max_tokens_cap,
@@ -81,14 +94,18 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock) -> int:
             tool_call_parser=config.tool_call_parser,
         )
         app = create_app(config, engine, AutoTokenizer.from_pretrained(model_dir), model, adapters, auth)
+        app.state.adapters_file = watcher
         # The drain already waited for requests; past it, uvicorn must not wait on open sockets.
         uvicorn_config = uvicorn.Config(app, log_level=config.log_level, timeout_graceful_shutdown=5)
         server = DrainingServer(uvicorn_config, app.state.admission, config.drain_timeout_s)
         host, port = sock.getsockname()[:2]
         logger.info("serving %s at http://%s:%d/v1", ", ".join(model.names), host, port)
-        watchdog = asyncio.create_task(_watch_engine(engine, server))
+        tasks = [asyncio.create_task(_watch_engine(engine, server))]
+        if watcher is not None:
+            tasks.append(asyncio.create_task(watcher.run()))
         await server.serve(sockets=[sock])
-        watchdog.cancel()
+        for task in tasks:
+            task.cancel()
         return server.exit_code
     finally:
         engine.shutdown()

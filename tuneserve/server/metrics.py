@@ -26,6 +26,8 @@ COMPLETION_TOKENS = Counter("tuneserve_completion_tokens", "Tokens generated.", 
 ADAPTERS_LOADED = Gauge("tuneserve_adapters_loaded", "Adapters currently loaded (current versions).")
 ADAPTER_SWAPS = Counter("tuneserve_adapter_swaps", "Hot swaps: a name loaded again with a new version.")
 ADAPTER_EVICTIONS = Counter("tuneserve_adapter_evictions", "Adapter versions removed from the engine.")
+ADAPTERS_FILE_ERRORS = Gauge("tuneserve_adapters_file_errors", "1 for each --adapters-file entry that is not served as declared.", ["adapter"])
+ADAPTERS_FILE_RECONCILES = Counter("tuneserve_adapters_file_reconciles", "--adapters-file reconcile rounds by result (ok, error, file_error).", ["result"])
 QUEUE_DEPTH = Gauge("tuneserve_queue_depth", "Inference requests admitted and not yet finished.")
 ENGINE_UNFINISHED = Gauge("tuneserve_engine_unfinished_requests", "Requests the engine holds (running + waiting), read when scraped.")
 

@@ -76,6 +76,17 @@ def check_adapters(adapters: dict[str, str], base, max_rank: int) -> None:
             raise StartupError(f"--adapter {name}={path}: {e.message}") from None
 
 
+def check_adapters_file(path: str | None) -> None:
+    """The file must exist and validate at start; a bad entry later only skips that entry."""
+    from tuneserve.server.adapters_file import AdaptersFileError, read_adapters_file
+
+    if path is not None:
+        try:
+            read_adapters_file(Path(path).expanduser())
+        except AdaptersFileError as e:
+            raise StartupError(f"--adapters-file {e}") from None
+
+
 def check_platform_options(config, is_cpu: bool) -> None:
     if is_cpu and config.gpu_memory_utilization is not None:
         raise StartupError("--gpu-memory-utilization applies to GPUs; on CPU size the KV cache with --kv-cache-gib")
