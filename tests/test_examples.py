@@ -7,9 +7,10 @@ import pytest
 from tuneserve.config import load_config
 from tuneserve.finetune.recipe import load_recipe
 from tuneserve.server import ServeConfig
+from tuneserve.server.adapters_file import AdaptersFile, read_adapters_file
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-CONFIG_MODELS = {"serve": ServeConfig}
+CONFIG_MODELS = {"serve": ServeConfig, "adapters": AdaptersFile}
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -17,6 +18,12 @@ def test_example_loads(path):
     kind = path.stem.split("-")[0]
     assert kind in CONFIG_MODELS, f"{path.name}: name it <stage>-*.yaml or add its config model"
     load_config(CONFIG_MODELS[kind], path)
+
+
+def test_example_adapters_file_points_at_the_committed_adapters():
+    _, entries = read_adapters_file(EXAMPLES / "adapters.yaml")
+    assert set(entries) == {"dates", "units"}
+    assert all((Path(e.path) / "adapter_config.json").is_file() for e in entries.values())
 
 
 @pytest.mark.parametrize("path", sorted((EXAMPLES / "recipes").glob("*.yaml")), ids=lambda p: p.name)

@@ -1,10 +1,12 @@
 """Distillation into a layer-dropped student that works as the teacher's draft model."""
 
+import httpx
 import openai
 import pytest
 import torch
 
 from tests.conftest import start_server
+from tests.deploy.monitoring import SPECULATIVE, served_names
 from tuneserve.artifacts import read_manifest
 from tuneserve.bench.server_process import stop_server
 from tuneserve.optimize import OptimizeError, run_distill
@@ -59,6 +61,8 @@ def test_speculative_decoding_with_the_student_keeps_greedy_output(student, tmp_
         try:
             client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
             outputs.append([_greedy(client, "smollm2-135m-instruct", p) for p in PROMPTS])
+            if extra:  # the Grafana dashboard's speculative-decoding panel reads these series
+                assert SPECULATIVE <= served_names(httpx.get(f"{server.base_url}/metrics").text)
         finally:
             stop_server(server)
     print(outputs[0])
