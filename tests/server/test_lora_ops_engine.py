@@ -12,6 +12,9 @@ from tests.helpers import ADAPTERS, MODEL
 from tests.server.test_adapters import PROMPTS
 from tuneserve.bench.server_process import stop_server
 
+# Two float32 servers (~90 s): `make test-slow`. In `make test` the ops are checked against vLLM's
+# own in tests/models/test_lora_kernels.py, and every adapter test on the session server runs them.
+pytestmark = pytest.mark.slow
 MODELS = [MODEL, "dates", "units"]
 
 

@@ -53,10 +53,10 @@ async def load_adapter(body: LoadAdapter, raw: Request):
 @router.get("/v1/adapters")
 async def list_adapters(raw: Request):
     adapters = registry(raw)
-    listing = {
-        "data": [v.describe() for v in adapters.current.values()],
-        "engine_ids": sorted(await adapters.engine.list_loras()),
-    }
+    engine_ids = sorted(await adapters.engine.list_loras())
+    # No await from here on: the adapters and the file's status are one snapshot (a reconcile
+    # finishing in between would report a file applied whose adapters are not listed yet).
+    listing = {"data": [v.describe() for v in adapters.current.values()], "engine_ids": engine_ids}
     if raw.app.state.adapters_file is not None:
         listing["adapters_file"] = raw.app.state.adapters_file.status()
     return listing
