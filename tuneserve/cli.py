@@ -98,7 +98,11 @@ def serve(
     max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences batched per step.")] = None,
     enforce_eager: Annotated[bool | None, typer.Option("--enforce-eager/--compile", help="Skip or use torch.compile (default: eager on CPU).")] = None,
     prefix_caching: Annotated[bool | None, typer.Option("--prefix-caching/--no-prefix-caching", help="Prefix caching (default on).")] = None,
-    cpu_threads: Annotated[int | None, typer.Option(help="CPU: engine threads (default: all usable cores).")] = None,
+    cpu_threads: Annotated[int | None, typer.Option(help="CPU: engine threads (default: all usable cores), split among ranks.")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option(help="Shard each layer over N devices (vLLM tensor parallelism).")] = None,
+    pipeline_parallel_size: Annotated[int | None, typer.Option(help="Split the layers into N stages (pipeline parallelism).")] = None,
+    data_parallel_size: Annotated[int | None, typer.Option(help="N engine replicas behind this server (data parallelism).")] = None,
+    distributed_executor_backend: Annotated[str | None, typer.Option(help="mp | ray | uni: how vLLM starts its ranks (ray for several nodes).")] = None,
     seed: Annotated[int | None, typer.Option(help="Engine seed.")] = None,
     max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 above).")] = None,
     adapters: Annotated[list[str] | None, typer.Option("--adapter", help="Load an adapter at start: NAME=PATH (repeatable).")] = None,
@@ -158,18 +162,23 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a reci
 OutOpt = Annotated[str | None, typer.Option(help="Where to write the adapter (overrides output_dir).")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue from the last checkpoint of an interrupted run.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output_dir.")]
+ProcessesOpt = Annotated[int, typer.Option(help="Train on N processes under `accelerate launch` (DDP; gloo on CPU).")]
+AccelerateOpt = Annotated[Path | None, typer.Option(help="Accelerate config (FSDP, DeepSpeed, several nodes; see examples/accelerate/).")]
 
 
-def _finetune(method: str, recipe: Path, sets: list[str] | None, output_dir: str | None, resume: bool, overwrite: bool) -> None:
+def _finetune(method: str, recipe: Path, sets: list[str] | None, output_dir: str | None, resume: bool, overwrite: bool,
+              num_processes: int = 1, config_file: Path | None = None) -> None:
     from tuneserve.config import ConfigError
-    from tuneserve.finetune import RUNNERS, DataError
+    from tuneserve.finetune import RUNNERS, DataError, Launch
+    from tuneserve.finetune.launch import LaunchError
     from tuneserve.finetune.recipe import load_recipe
     from tuneserve.models import ModelError
 
     try:
+        launch = Launch(num_processes, config_file)
         loaded = load_recipe(recipe, method, sets or [], output_dir=output_dir)
-        out = RUNNERS[method](loaded, resume=resume, overwrite=overwrite)
-    except (ConfigError, DataError, ModelError, FileExistsError, FileNotFoundError) as e:
+        out = RUNNERS[method](loaded, resume=resume, overwrite=overwrite, launch=launch)
+    except (ConfigError, DataError, ModelError, FileExistsError, FileNotFoundError, LaunchError) as e:
         fail(str(e))
     from tuneserve.artifacts import read_manifest
 
@@ -202,8 +211,9 @@ FINETUNE_HELP = {
 def _finetune_command(method: str):
     summary, example = FINETUNE_HELP[method]
 
-    def command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False, overwrite: OverwriteOpt = False):
-        _finetune(method, recipe, set_, output_dir, resume, overwrite)
+    def command(recipe: RecipeArg, set_: SetOpt = None, output_dir: OutOpt = None, resume: ResumeOpt = False,
+                overwrite: OverwriteOpt = False, num_processes: ProcessesOpt = 1, config_file: AccelerateOpt = None):
+        _finetune(method, recipe, set_, output_dir, resume, overwrite, num_processes, config_file)
 
     command.__doc__ = f"{summary}\n\n    Example: tuneserve finetune {method} examples/recipes/{example}\n    "
     finetune_app.command(method)(command)
@@ -340,20 +350,26 @@ def optimize_estimate(
     context: Annotated[int, typer.Option(help="Tokens per sequence for the KV cache.")] = 2048,
     batch: Annotated[int, typer.Option(help="Sequences held at once.")] = 1,
     measure: Annotated[bool, typer.Option(help="Also load the model at each width and measure its weights.")] = False,
+    tensor_parallel_size: Annotated[int, typer.Option(help="Devices each layer is sharded over (per-device column).")] = 1,
+    pipeline_parallel_size: Annotated[int, typer.Option(help="Pipeline stages (per-device column).")] = 1,
 ):
     """Memory: weights (P x 4 bytes / (32/Q) x 1.2) plus KV cache; measured with --measure.
 
-    The "16-bit embeddings" column keeps the embeddings unquantized, as quantizers do.
+    The "16-bit embeddings" column keeps the embeddings unquantized, as quantizers do. With
+    --tensor-parallel-size / --pipeline-parallel-size, the last column is each device's share.
 
-    Example: tuneserve optimize estimate --context 4096 --batch 8 --measure
+    Example: tuneserve optimize estimate --context 4096 --batch 8 --tensor-parallel-size 2
     """
     from tuneserve.optimize import run_estimate
 
-    rows = _optimize(run_estimate, model, bits, context, batch, measure)
-    table = Table("bits", "weights GiB (rule)", "KV cache GiB", "total GiB", "weights GiB (16-bit embeddings)", "weights GiB (measured)")
+    rows = _optimize(run_estimate, model, bits, context, batch, measure, tensor_parallel_size, pipeline_parallel_size)
+    table = Table("bits", "weights GiB (rule)", "KV cache GiB", "total GiB", "weights GiB (16-bit embeddings)",
+                  "weights GiB (measured)", "per device GiB")
     for r in rows:
         measured = "-" if r.measured_weights_gib is None else f"{r.measured_weights_gib:.3f}"
-        table.add_row(str(r.bits), f"{r.weights_gib:.3f}", f"{r.kv_cache_gib:.3f}", f"{r.total_gib:.3f}", f"{r.layered_gib:.3f}", measured)
+        per_device = f"{r.per_device_gib:.3f} x {r.num_devices}"
+        table.add_row(str(r.bits), f"{r.weights_gib:.3f}", f"{r.kv_cache_gib:.3f}", f"{r.total_gib:.3f}", f"{r.layered_gib:.3f}",
+                      measured, per_device)
     console.print(table)
 
 

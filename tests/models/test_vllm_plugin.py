@@ -12,7 +12,7 @@ def test_on_an_unverified_vllm_nothing_is_patched_and_it_says_so(monkeypatch):
     warnings = []
     monkeypatch.setattr(vllm_plugin, "vllm_version", lambda: "0.99.0")
     monkeypatch.setattr(vllm_plugin.logger, "warning", lambda msg, *args: warnings.append(msg % args))
-    for name in ("_patch_cpu_lora_logits", "_install_cpu_lora_kernels"):
+    for name in ("_patch_cpu_lora_logits", "_install_cpu_lora_kernels", "_warm_up_cpu_pipeline_stages"):
         monkeypatch.setattr(vllm_plugin, name, lambda: pytest.fail("patched an unverified vLLM"))
     vllm_plugin.register()
     assert not vllm_plugin.plugin_active()
@@ -29,3 +29,32 @@ def test_the_cpu_punica_wrapper_follows_the_lora_kernels_choice(monkeypatch):
     monkeypatch.setenv(ENV, "fast")
     with pytest.raises(ValueError, match=ENV):
         CpuPlatform.get_punica_wrapper()
+
+
+def test_cpu_pipeline_stages_get_their_receive_buffers(monkeypatch):
+    """The end-to-end check (PP=2 answers like one process) is in tests/server/test_parallel_engine.py."""
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationMode
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
+    vllm_plugin._warm_up_cpu_pipeline_stages()
+    vllm_plugin._warm_up_cpu_pipeline_stages()  # twice is harmless
+
+    def worker(pipeline_size):  # eager with an explicit KV-cache size: vLLM skips the warm-up
+        return SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.NONE),
+                               cache_config=SimpleNamespace(kv_cache_memory_bytes=1 << 30),
+                               parallel_config=SimpleNamespace(pipeline_parallel_size=pipeline_size))
+
+    assert not CPUWorker._should_warm_up_model(worker(1))
+    assert CPUWorker._should_warm_up_model(worker(2))
+    made = []
+    runner = SimpleNamespace(
+        vllm_config=SimpleNamespace(compilation_config=SimpleNamespace(mode=CompilationMode.NONE)), intermediate_tensors=None,
+        max_num_tokens=8, model_config=SimpleNamespace(dtype="float32"), device="cpu",
+        model=SimpleNamespace(make_empty_intermediate_tensors=lambda **kw: made.append(kw) or "buffers"),
+    )
+    monkeypatch.setattr("vllm.distributed.parallel_state.get_pp_group", lambda: SimpleNamespace(is_first_rank=False))
+    CPUModelRunner.warming_up_model(runner)  # eager: vLLM's own warm-up returns at once
+    assert runner.intermediate_tensors == "buffers" and made[0]["batch_size"] == 8

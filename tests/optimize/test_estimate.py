@@ -49,3 +49,17 @@ def test_cli_prints_a_row_per_width():
     result = CliRunner().invoke(app, ["optimize", "estimate", "--context", "1024"])
     assert result.exit_code == 0, result.output
     assert all(f"│ {b} " in result.output for b in (32, 16, 8, 4))
+
+
+def test_per_device_memory_divides_weights_and_kv_heads():
+    (one,) = run_estimate(bits=[16], context=2048)
+    (pp2,) = run_estimate(bits=[16], context=2048, pipeline_parallel_size=2)
+    assert one.num_devices == 1 and one.per_device_gib == pytest.approx(one.total_gib, abs=1e-3)
+    assert pp2.num_devices == 2 and pp2.per_device_gib == pytest.approx(one.total_gib / 2, abs=1e-3)
+    # SmolLM2 has 3 KV heads: at TP 3 each device holds one; at TP 6 the one head is replicated
+    (tp3,) = run_estimate(bits=[16], context=2048, tensor_parallel_size=3)
+    (tp6,) = run_estimate(bits=[16], context=2048, tensor_parallel_size=6)
+    assert tp3.per_device_gib == pytest.approx(one.weights_gib / 3 + one.kv_cache_gib / 3, abs=1e-3)
+    assert tp6.per_device_gib == pytest.approx(one.weights_gib / 6 + one.kv_cache_gib / 3, abs=1e-3)
+    result = CliRunner().invoke(app, ["optimize", "estimate", "--bits", "16", "--pipeline-parallel-size", "2"])
+    assert result.exit_code == 0 and "x 2" in result.output

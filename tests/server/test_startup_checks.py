@@ -1,6 +1,7 @@
 """Start-up checks that need no engine: KV-cache sizing and the exposed-host warning."""
 
 import logging
+import os
 
 import pytest
 
@@ -44,3 +45,43 @@ def test_binding_beyond_loopback_without_keys_warns(caplog, host, warns):
         warn_if_exposed(host, has_keys=False)
         warn_if_exposed(host, has_keys=True)
     assert len(caplog.records) == (1 if warns else 0)
+
+
+def test_parallel_ranks_split_the_kv_cache_memory(model_dir):
+    from tuneserve.server.memory import Parallelism
+
+    one = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB)
+    pp2 = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB, parallelism=Parallelism(pipeline=2))
+    assert pp2.kv_cache_bytes == one.kv_cache_bytes // 2  # per rank: the 4 GiB cap is a total
+    assert pp2.num_tokens == one.num_tokens  # each rank holds half of every token
+    dp2 = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB, parallelism=Parallelism(data=2))
+    assert dp2.num_tokens == one.num_tokens // 2 and dp2.weights_bytes == 2 * one.weights_bytes  # each replica is whole
+    assert "per rank x 2 ranks" in pp2.describe()
+    with pytest.raises(StartupError, match="x 2 ranks plus the weights"):
+        plan_kv_cache(model_dir, "auto", None, 3.0, available_bytes=6 * GIB, parallelism=Parallelism(tensor=2))
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"tensor_parallel_size": 2}, "the model has 9 attention heads, which 2 ranks cannot share evenly"),
+    ({"pipeline_parallel_size": 31}, "the model has only 30 layers"),
+    ({"pipeline_parallel_size": 2, "data_parallel_size": 2}, "4 engine ranks need at least 4 CPU cores"),
+])
+def test_parallel_sizes_the_model_or_machine_cannot_take_fail_before_the_engine_starts(model_dir, flags, message):
+    from tuneserve.server.config import ServeConfig
+    from tuneserve.server.startup import check_parallelism
+
+    config = ServeConfig(cpu_threads=2, **flags)
+    with pytest.raises(StartupError, match=message):
+        check_parallelism(config, model_dir, is_cpu=True)
+    check_parallelism(ServeConfig(pipeline_parallel_size=2, cpu_threads=2), model_dir, is_cpu=True)  # fits
+
+
+def test_cpu_ranks_get_their_own_cores():
+    from tuneserve.models.engine import cpu_thread_env
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores")
+    cores = sorted(os.sched_getaffinity(0))
+    env = cpu_thread_env(2, num_ranks=2)
+    assert env == {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}|{cores[1]}"}
+    assert cpu_thread_env(2) == {"OMP_NUM_THREADS": "2", "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]},{cores[1]}"}

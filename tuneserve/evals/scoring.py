@@ -147,8 +147,12 @@ def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | Non
     return summarize(scores)
 
 
-async def greedy_answers(model_dir: Path, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
-    """The model's greedy continuation (token ids, end-of-turn included) of each prompt."""
+async def greedy_answers(
+    model_dir: Path, prompts: list[list[int]], max_tokens: int, samples: list[EvalSample] | None = None
+) -> tuple[list[list[int]], dict | None]:
+    """The model's greedy continuation (token ids, end-of-turn included) of each prompt, and with
+    `samples` their scores (as `evaluate` gives them) from the same engine, started once."""
+    from transformers import AutoTokenizer
     from vllm import SamplingParams
 
     from tuneserve.models.engine import start_eval_engine, tokens_prompt
@@ -162,10 +166,14 @@ async def greedy_answers(model_dir: Path, prompts: list[list[int]], max_tokens: 
         return list(last.outputs[0].token_ids)
 
     try:
-        return list(await asyncio.gather(*(one(ids) for ids in prompts)))
+        answers = list(await asyncio.gather(*(one(ids) for ids in prompts)))
+        if not samples:
+            return answers, None
+        scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir))
+        return answers, summarize(list(await asyncio.gather(*(scorer.score(s) for s in samples))))
     finally:
         engine.shutdown()
-        engine = None  # AsyncLLM.__del__ fails noisily if it runs at interpreter exit
+        scorer = engine = None  # AsyncLLM.__del__ fails noisily if it runs at interpreter exit
 
 
 async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleScore]:

@@ -2,12 +2,16 @@
 
 from tuneserve.data import DataError
 from tuneserve.evals import run_eval
-from tuneserve.finetune.dpo import run_dpo
-from tuneserve.finetune.orpo import run_orpo
+from tuneserve.finetune.dpo import dpo_trainer, run_dpo
+from tuneserve.finetune.launch import Launch
+from tuneserve.finetune.orpo import orpo_trainer, run_orpo
 from tuneserve.finetune.recipe import Recipe
-from tuneserve.finetune.reward import run_reward
-from tuneserve.finetune.sft import run_sft
+from tuneserve.finetune.reward import reward_trainer, run_reward
+from tuneserve.finetune.sft import run_sft, sft_trainer
 
 RUNNERS = {"sft": run_sft, "dpo": run_dpo, "orpo": run_orpo, "reward": run_reward}
+# What a worker process of a multi-process run builds, and the artifact kind it writes.
+TRAINERS = {"sft": (sft_trainer, "adapter"), "dpo": (dpo_trainer, "adapter"), "orpo": (orpo_trainer, "adapter"),
+            "reward": (reward_trainer, "reward-model")}
 
-__all__ = ["RUNNERS", "DataError", "Recipe", "run_dpo", "run_eval", "run_orpo", "run_reward", "run_sft"]
+__all__ = ["RUNNERS", "TRAINERS", "DataError", "Launch", "Recipe", "run_dpo", "run_eval", "run_orpo", "run_reward", "run_sft"]

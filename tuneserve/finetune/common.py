@@ -28,17 +28,28 @@ class Run:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def train_and_save(recipe: Recipe, build_trainer, resume: bool, overwrite: bool, kind: str = "adapter", evaluate=None) -> Path:
+def train_and_save(
+    recipe: Recipe, build_trainer, resume: bool, overwrite: bool, kind: str = "adapter", evaluate=None, launch=None
+) -> Path:
     """The outline every recipe follows: validate -> score base -> train -> save -> score result.
 
     `evaluate(run, path_or_none)` scores the base (None) and the result; default: demo tasks.
+    `launch` (a `launch.Launch`) trains on several processes under `accelerate launch` instead.
     """
+    import shutil
+
     evaluate = evaluate or demo_eval
     run = prepare(recipe, overwrite, resume)
     before = evaluate(run, None)
-    trainer = build_trainer(run)
-    fit(run, trainer, resume)
-    out = save(run, trainer, kind=kind, overwrite=overwrite)
+    if launch is not None and launch.is_distributed:
+        from tuneserve.finetune.launch import run_workers
+
+        out = run_workers(launch, recipe, resume, overwrite)
+        shutil.rmtree(recipe.work_dir(), ignore_errors=True)
+    else:
+        trainer = build_trainer(run)
+        fit(run, trainer, resume)
+        out = save(run, trainer, kind=kind, overwrite=overwrite)
     record_eval(run, out, before, evaluate(run, out))
     return out
 
@@ -107,13 +118,21 @@ def split(run: Run):
     return parts["train"], parts["test"]
 
 
+def scaled_learning_rate(recipe: Recipe, world_size: int) -> float:
+    """The recipe's learning rate, scaled for `world_size` processes as `lr_scaling` says."""
+    factor = {"none": 1.0, "linear": float(world_size), "sqrt": world_size ** 0.5}[recipe.lr_scaling]
+    return recipe.learning_rate * factor
+
+
 def trl_args(run: Run, config_cls: type, has_eval: bool, **extra) -> Any:
+    from tuneserve.finetune.launch import process_rank
+
     r = run.recipe
     return config_cls(
         output_dir=str(r.work_dir()),
         num_train_epochs=r.num_epochs,
         max_steps=r.max_steps or -1,
-        learning_rate=r.learning_rate,
+        learning_rate=scaled_learning_rate(r, process_rank()[1]),
         lr_scheduler_type=r.lr_scheduler,
         warmup_steps=r.warmup_ratio,  # transformers 5 reads a value below 1 as a ratio
         per_device_train_batch_size=r.micro_batch_size,
@@ -174,7 +193,13 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         memory.stop()
+    args = trainer.args
     run.metrics |= memory.metrics() | base_weight_bits(trainer.model) | {
+        # Every process steps together: one optimizer step sees micro x accumulation x processes samples.
+        "world_size": args.world_size,
+        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "learning_rate": args.learning_rate,
+        "lr_scaling": run.recipe.lr_scaling,
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "resumed_from_step": resumed_from,
@@ -189,8 +214,9 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
         run.metrics["eval_loss"] = eval_logs[-1]["eval_loss"]
 
 
-def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False) -> Path:
-    """Write the adapter (or full model) + tokenizer + manifest atomically; drop checkpoints."""
+def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False, keep_work_dir: bool = False) -> Path:
+    """Write the adapter (or full model) + tokenizer + manifest atomically; drop checkpoints
+    (a multi-process run's launcher drops them once every process has exited)."""
     import shutil
 
     r = run.recipe
@@ -208,7 +234,8 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False)
             parents=[str(run.model_dir)],
         )
         write_manifest(tmp, manifest)
-    shutil.rmtree(r.work_dir(), ignore_errors=True)
+    if not keep_work_dir:
+        shutil.rmtree(r.work_dir(), ignore_errors=True)
     return Path(r.output_dir)
 
 

@@ -6,8 +6,8 @@ from tuneserve.finetune.common import Run, build_trainer, train_and_save
 from tuneserve.finetune.recipe import Recipe
 
 
-def run_dpo(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
-    return train_and_save(recipe, dpo_trainer, resume, overwrite)
+def run_dpo(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
+    return train_and_save(recipe, dpo_trainer, resume, overwrite, launch=launch)
 
 
 def dpo_trainer(run: Run):

@@ -6,8 +6,8 @@ from tuneserve.finetune.common import Run, build_trainer, train_and_save
 from tuneserve.finetune.recipe import Recipe
 
 
-def run_orpo(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
-    return train_and_save(recipe, orpo_trainer, resume, overwrite)
+def run_orpo(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
+    return train_and_save(recipe, orpo_trainer, resume, overwrite, launch=launch)
 
 
 def orpo_trainer(run: Run):

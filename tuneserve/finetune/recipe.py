@@ -21,6 +21,9 @@ class Recipe(BaseModel):
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA 4-bit data type.")
     bnb_4bit_use_double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
     bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="QLoRA compute dtype.")
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = Field(
+        "uint8", description="How the packed 4-bit weights are stored; QLoRA + FSDP needs bfloat16 (examples/accelerate/fsdp-qlora.yaml).",
+    )
     lora_r: int = Field(16, ge=1, le=256, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
@@ -40,6 +43,10 @@ class Recipe(BaseModel):
     micro_batch_size: int = Field(8, ge=1, description="Samples per forward pass.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none", description="On N processes the effective batch is N times larger: scale learning_rate by N (linear), "
+        "sqrt(N), or leave it (none). The manifest records the rate used.",
+    )
     rl_beta: float = Field(0.1, gt=0, description="DPO beta / ORPO lambda.")
     seed: int = Field(42, description="Seed for data order, dropout and the validation split.")
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")

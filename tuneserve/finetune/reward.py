@@ -7,8 +7,8 @@ from tuneserve.finetune.recipe import Recipe
 from tuneserve.models.training import load_for_training
 
 
-def run_reward(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
-    return train_and_save(recipe, reward_trainer, resume, overwrite, kind="reward-model", evaluate=pair_accuracy)
+def run_reward(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
+    return train_and_save(recipe, reward_trainer, resume, overwrite, kind="reward-model", evaluate=pair_accuracy, launch=launch)
 
 
 def reward_trainer(run: Run):

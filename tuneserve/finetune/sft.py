@@ -6,9 +6,9 @@ from tuneserve.finetune.common import Run, build_trainer, train_and_save
 from tuneserve.finetune.recipe import Recipe
 
 
-def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
+def run_sft(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
     """Train, save the adapter (or model) with its manifest, and return its directory."""
-    return train_and_save(recipe, sft_trainer, resume, overwrite)
+    return train_and_save(recipe, sft_trainer, resume, overwrite, launch=launch)
 
 
 def sft_trainer(run: Run):

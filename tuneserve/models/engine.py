@@ -40,8 +40,9 @@ def is_cpu_platform() -> bool:
     return current_platform.is_cpu()
 
 
-def cpu_thread_env(cpu_threads: int | None = None) -> dict[str, str]:
-    """OpenMP settings for vLLM's CPU worker: `cpu_threads` (default every usable core), bound.
+def cpu_thread_env(cpu_threads: int | None = None, num_ranks: int = 1) -> dict[str, str]:
+    """OpenMP settings for vLLM's CPU workers: `cpu_threads` (default every usable core), bound,
+    split into one group of cores per rank (vLLM's "0-3|4-7" form) when the engine has several.
 
     vLLM drops its CPU worker to one torch thread unless OMP_NUM_THREADS is set. Measured on a
     2-core box (32 parallel chats, eager): 277-297 tok/s with vLLM's default vs 321-417 tok/s
@@ -49,12 +50,19 @@ def cpu_thread_env(cpu_threads: int | None = None) -> dict[str, str]:
     """
     cores = sorted(os.sched_getaffinity(0))
     num_threads = min(cpu_threads or len(cores), len(cores))
-    return {"OMP_NUM_THREADS": str(num_threads), "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores[:num_threads]))}
+    if num_ranks > num_threads:
+        raise ValueError(
+            f"{num_ranks} engine ranks need at least {num_ranks} CPU cores; {num_threads} can be used here "
+            "(lower --tensor-parallel-size / --pipeline-parallel-size / --data-parallel-size, or raise --cpu-threads)"
+        )
+    per_rank = num_threads // num_ranks
+    groups = [cores[i * per_rank:(i + 1) * per_rank] for i in range(num_ranks)]
+    return {"OMP_NUM_THREADS": str(per_rank), "VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, g)) for g in groups)}
 
 
-def apply_cpu_defaults(cpu_threads: int | None = None) -> None:
+def apply_cpu_defaults(cpu_threads: int | None = None, num_ranks: int = 1) -> None:
     """Set `cpu_thread_env` in this process (vLLM's workers inherit it), unless the user set it."""
-    for name, value in cpu_thread_env(cpu_threads).items():
+    for name, value in cpu_thread_env(cpu_threads, num_ranks).items():
         os.environ.setdefault(name, value)
 
 
@@ -69,7 +77,10 @@ def start_engine(model_dir: Path, cpu_threads: int | None = None, **engine_kwarg
 
     is_cpu = is_cpu_platform()
     if is_cpu:
-        apply_cpu_defaults(cpu_threads)
+        num_ranks = 1
+        for size in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
+            num_ranks *= engine_kwargs.get(size) or 1
+        apply_cpu_defaults(cpu_threads, num_ranks)
     if engine_kwargs.get("enforce_eager") is None:
         engine_kwargs["enforce_eager"] = is_cpu
     args = AsyncEngineArgs(model=str(model_dir), **engine_kwargs)

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-def quantization_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "bfloat16"):
-    """bitsandbytes 4-bit settings for QLoRA."""
+def quantization_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "bfloat16",
+                        quant_storage: str = "uint8"):
+    """bitsandbytes 4-bit settings for QLoRA (a float `quant_storage` lets FSDP shard the 4-bit weights)."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -17,6 +18,7 @@ def quantization_config(quant_type: str = "nf4", double_quant: bool = True, comp
         bnb_4bit_quant_type=quant_type,
         bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=getattr(torch, compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, quant_storage),
     )
 
 
@@ -44,7 +46,8 @@ def load_for_training(model_dir: Path, recipe: Any, head: str = "causal-lm"):
     kwargs: dict = {"dtype": torch.bfloat16}
     if recipe.adapter == "qlora":
         kwargs["quantization_config"] = quantization_config(
-            recipe.bnb_4bit_quant_type, recipe.bnb_4bit_use_double_quant, recipe.bnb_4bit_compute_dtype
+            recipe.bnb_4bit_quant_type, recipe.bnb_4bit_use_double_quant, recipe.bnb_4bit_compute_dtype,
+            recipe.bnb_4bit_quant_storage,
         )
     if head == "reward":
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)

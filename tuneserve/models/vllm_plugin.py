@@ -19,6 +19,12 @@ such as the default) the delta is zero and skipping it is exact too.
 Change 2, grouped multi-LoRA ops on CPU (`vllm_lora.GroupedPunicaWrapperCPU`, `lora_kernels`):
 the CPU platform's punica wrapper becomes tuneserve's, unless `TUNESERVE_LORA_KERNELS=vllm`
 (`tuneserve serve --lora-kernels vllm`), read when the engine builds its LoRA manager.
+
+Fix 3, pipeline parallelism on CPU. A non-first pipeline stage allocates the buffers it receives
+activations into during the warm-up forward pass, which the CPU worker skips in eager mode
+(tuneserve's CPU default): the first request then fails `assert self.intermediate_tensors is not
+None` and the engine dies. The fix allocates them, as the warm-up would, when the stage is not
+the first.
 """
 
 import logging
@@ -47,11 +53,39 @@ def plugin_active() -> bool:
 
 def register() -> None:
     if not plugin_active():
-        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops) were verified on vLLM %s; "
+        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops, CPU pipeline warm-up) were verified on vLLM %s; "
                        "this is %s: left out, vLLM's own code runs", "/".join(VERIFIED_VLLM), vllm_version())
         return
     _patch_cpu_lora_logits()
     _install_cpu_lora_kernels()
+    _warm_up_cpu_pipeline_stages()
+
+
+def _warm_up_cpu_pipeline_stages() -> None:
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+        from vllm.v1.worker.cpu_worker import CPUWorker
+    except ImportError:  # a CUDA build
+        return
+    if getattr(CPUModelRunner.warming_up_model, "is_tuneserve_fix", False):
+        return
+    should_warm_up, warm_up = CPUWorker._should_warm_up_model, CPUModelRunner.warming_up_model
+
+    def _should_warm_up_model(self) -> bool:
+        return should_warm_up(self) or self.parallel_config.pipeline_parallel_size > 1
+
+    def warming_up_model(self) -> None:
+        warm_up(self)
+        from vllm.distributed.parallel_state import get_pp_group
+
+        if not get_pp_group().is_first_rank and self.intermediate_tensors is None:
+            self.intermediate_tensors = self.model.make_empty_intermediate_tensors(
+                batch_size=self.max_num_tokens, dtype=self.model_config.dtype, device=self.device
+            )
+
+    warming_up_model.is_tuneserve_fix = True
+    CPUWorker._should_warm_up_model = _should_warm_up_model
+    CPUModelRunner.warming_up_model = warming_up_model
 
 
 def _patch_cpu_lora_logits() -> None:

@@ -91,8 +91,8 @@ def run_distill(
             kept = build_student(teacher_dir, tmp, student_layers_count)
         else:
             _copy_student(resolve_model(student), teacher_dir, tmp)
-        texts = _teacher_answers(teacher_dir, prompts)
-        metrics = {"eval_teacher": evaluate(teacher_dir, held_out), "eval_student_before": evaluate(tmp, held_out)} if held_out else {}
+        texts, teacher_eval = _teacher_answers(teacher_dir, prompts, held_out)  # one engine for both
+        metrics = {"eval_teacher": teacher_eval, "eval_student_before": evaluate(tmp, held_out)} if held_out else {}
         metrics |= _train(tmp, teacher_dir, texts, steps, learning_rate, batch_size, temperature, alpha)
         if held_out:
             metrics["eval_student_after"] = evaluate(tmp, held_out)
@@ -131,8 +131,9 @@ def _copy_student(student_dir: Path, teacher_dir: Path, out: Path) -> None:
             shutil.copy2(path, out / path.name)
 
 
-def _teacher_answers(teacher_dir: Path, prompts: list[list[dict]]) -> list[tuple[list[int], int]]:
-    """(token ids of prompt + the teacher's greedy answer, prompt length) per prompt, via vLLM."""
+def _teacher_answers(teacher_dir: Path, prompts: list[list[dict]], held_out: list) -> tuple[list[tuple[list[int], int]], dict | None]:
+    """(token ids of prompt + the teacher's greedy answer, prompt length) per prompt, via vLLM, and
+    the teacher's held-out scores from the same engine."""
     import asyncio
 
     from transformers import AutoTokenizer
@@ -142,8 +143,8 @@ def _teacher_answers(teacher_dir: Path, prompts: list[list[dict]]) -> list[tuple
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     prompt_token_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]
-    answers = asyncio.run(greedy_answers(teacher_dir, prompt_token_ids, max_tokens=96))
-    return [(ids + answer, len(ids)) for ids, answer in zip(prompt_token_ids, answers, strict=True)]
+    answers, scores = asyncio.run(greedy_answers(teacher_dir, prompt_token_ids, max_tokens=96, samples=held_out))
+    return [(ids + answer, len(ids)) for ids, answer in zip(prompt_token_ids, answers, strict=True)], scores
 
 
 def _train(student_dir: Path, teacher_dir: Path, examples, steps: int, lr: float, batch_size: int, temperature: float, alpha: float) -> dict:

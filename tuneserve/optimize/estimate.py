@@ -8,6 +8,11 @@ token embeddings (and an untied lm_head) at 16 bits, which on a small model with
 vocabulary is a big share: SmolLM2-135M's 49152 x 576 embedding is 21% of its parameters, so at
 4 bits its real weights exceed the rule's figure, overhead included. `layered_gib` counts that:
 embeddings at max(Q, 16) bits, everything else at Q bits, no overhead.
+
+Per device, with vLLM's parallelism: tensor parallelism (TP) shards every layer's weights and
+its attention heads, pipeline parallelism (PP) splits the layers, so each of the TP x PP devices
+holds about 1/(TP x PP) of the weights. Its KV cache is 1/PP of the layers times the KV heads it
+holds: KV heads / TP, or one replicated head when TP exceeds the KV heads.
 """
 
 import gc
@@ -30,6 +35,8 @@ class MemoryEstimate:
     total_gib: float
     layered_gib: float
     measured_weights_gib: float | None = None
+    num_devices: int = 1
+    per_device_gib: float | None = None  # weights + KV cache on each of the TP x PP devices
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -48,12 +55,20 @@ def kv_cache_bytes(facts: ModelFacts, context: int, batch: int, kv_bits: int = 1
     return facts.kv_cache_bytes_per_token(kv_bits / 8) * context * batch
 
 
-def estimate(facts: ModelFacts, bits: int, context: int, batch: int) -> MemoryEstimate:
+def kv_heads_per_device(facts: ModelFacts, tensor_parallel: int) -> int:
+    return max(1, facts.num_kv_heads // tensor_parallel)
+
+
+def estimate(facts: ModelFacts, bits: int, context: int, batch: int, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> MemoryEstimate:
     """KV cache at 16 bits whatever the weight bits (vLLM's default cache dtype)."""
     weights = weights_bytes(facts.num_params, bits) / GIB
     kv = kv_cache_bytes(facts, context, batch) / GIB
     layered = layered_weights_bytes(facts, bits) / GIB
-    return MemoryEstimate(bits, round(weights, 4), round(kv, 4), round(weights + kv, 4), round(layered, 4))
+    num_devices = tensor_parallel * pipeline_parallel
+    kv_per_device = kv * kv_heads_per_device(facts, tensor_parallel) / facts.num_kv_heads / pipeline_parallel
+    per_device = weights / num_devices + kv_per_device
+    return MemoryEstimate(bits, round(weights, 4), round(kv, 4), round(weights + kv, 4), round(layered, 4),
+                          num_devices=num_devices, per_device_gib=round(per_device, 4))
 
 
 def measure_weights_gib(model_dir: Path, bits: int) -> float:
@@ -73,17 +88,22 @@ def measure_weights_gib(model_dir: Path, bits: int) -> float:
     return round(num_bytes / GIB, 4)
 
 
-def run_estimate(model: str | None = None, bits: list[int] | None = None, context: int = 2048, batch: int = 1, measure: bool = False) -> list[MemoryEstimate]:
+def run_estimate(
+    model: str | None = None, bits: list[int] | None = None, context: int = 2048, batch: int = 1, measure: bool = False,
+    tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+) -> list[MemoryEstimate]:
     """`tuneserve optimize estimate`: one row per bit width, measured too with `measure`."""
     from tuneserve.models import model_facts, resolve_model
 
+    if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
+        raise OptimizeError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
     model_dir = resolve_model(model)
     facts = model_facts(model_dir)
     rows = []
     for b in bits or BITS:
         if b not in BITS:
             raise OptimizeError(f"--bits must be one of {', '.join(map(str, BITS))}, got {b}")
-        row = estimate(facts, b, context, batch)
+        row = estimate(facts, b, context, batch, tensor_parallel_size, pipeline_parallel_size)
         if measure:
             row.measured_weights_gib = measure_weights_gib(model_dir, b)
         rows.append(row)

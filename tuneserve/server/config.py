@@ -48,7 +48,13 @@ class ServeConfig(BaseModel):
     )
     prefix_caching: bool = Field(True, description="Reuse KV cache across shared prompt prefixes.")
     cpu_threads: int | None = Field(
-        None, ge=1, description="CPU only: OpenMP threads of the engine; default: every core we may use."
+        None, ge=1, description="CPU only: OpenMP threads of the engine, split among its ranks; default: every core we may use."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="Shard every layer over this many devices (vLLM's tensor parallelism).")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Split the layers into this many stages, one per device (pipeline parallelism).")
+    data_parallel_size: int = Field(1, ge=1, description="Run this many engine replicas behind one API server (data parallelism).")
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(
+        None, description="How vLLM starts its ranks: mp (processes on this node), ray (several nodes), uni; default: vLLM's.",
     )
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
     enable_lora: bool | None = Field(
@@ -131,6 +137,11 @@ class ServeConfig(BaseModel):
         if v is not None and not Path(v).expanduser().is_file():
             raise ValueError(f"{v}: no such file")
         return v
+
+    @property
+    def num_ranks(self) -> int:
+        """Engine ranks (devices, or groups of CPU cores) this config starts."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
 
     @property
     def model_names(self) -> list[str]:

@@ -53,9 +53,15 @@ def kv_cache_bytes(config: ServeConfig, model_dir: Path, is_cpu: bool) -> int | 
         return int(config.kv_cache_gib * (1 << 30)) if config.kv_cache_gib else None
     from tuneserve.server.memory import plan_kv_cache
 
-    plan = plan_kv_cache(model_dir, config.dtype, config.max_model_len, config.kv_cache_gib)
+    plan = plan_kv_cache(model_dir, config.dtype, config.max_model_len, config.kv_cache_gib, parallelism=parallelism(config))
     logger.info("%s", plan.describe())
     return plan.kv_cache_bytes
+
+
+def parallelism(config: ServeConfig):
+    from tuneserve.server.memory import Parallelism
+
+    return Parallelism(config.tensor_parallel_size, config.pipeline_parallel_size, config.data_parallel_size)
 
 
 def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
@@ -75,6 +81,10 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
         max_lora_rank=config.max_lora_rank,
         max_cpu_loras=config.max_cpu_loras,
         speculative_config=speculative_config(config),
+        tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
+        data_parallel_size=config.data_parallel_size,
+        distributed_executor_backend=config.distributed_executor_backend,
         disable_log_stats=False,  # keeps vLLM's Prometheus gauges live for /metrics
         enable_log_requests=False,
         **extra,
@@ -96,10 +106,11 @@ def use_lora_kernels(choice: str) -> None:
 def build_engine(config: ServeConfig, model_dir: Path):
     """The server's AsyncLLM, after the platform checks."""
     from tuneserve.models.engine import is_cpu_platform, start_engine
-    from tuneserve.server.startup import check_platform_options
+    from tuneserve.server.startup import check_parallelism, check_platform_options
 
     is_cpu = is_cpu_platform()
     check_platform_options(config, is_cpu)
+    check_parallelism(config, model_dir, is_cpu)
     if is_cpu and config.is_lora_enabled:
         use_lora_kernels(config.lora_kernels)
     return start_engine(model_dir, config.cpu_threads, **engine_kwargs(config, model_dir, is_cpu))

