@@ -25,6 +25,7 @@ FULL_CPU = {
 VALUE_SETS = {
     "defaults (gpu)": {},
     "cpu, adapters, keys, 3 replicas": FULL_CPU,
+    "tensor x pipeline parallel": {"parallelism": {"tensor": 2, "pipeline": 2, "data": 1}},
     "keda autoscaling": {"autoscaling": {"enabled": True}, "modelCache": {"existingClaim": "models"}},
     "hpa autoscaling": {"autoscaling": {"enabled": True, "kind": "hpa"}, "modelCache": {"accessModes": ["ReadWriteMany"]}},
     "no cache volume": {"modelCache": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
@@ -167,3 +168,12 @@ def test_service_monitor_pdb_and_autoscalers_select_this_release():
     assert f'service="{keda["Service"]["metadata"]["name"]}"' in scaled["spec"]["triggers"][0]["metadata"]["query"]
     hpa = render(VALUE_SETS["hpa autoscaling"])
     assert hpa["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == hpa["Deployment"]["metadata"]["name"]
+
+
+def test_parallel_pods_request_a_gpu_per_rank_and_pass_the_sizes():
+    manifests = render({"parallelism": {"tensor": 4, "pipeline": 2, "data": 1}})
+    main = container(manifests)
+    assert flag(main["args"], "--tensor-parallel-size") == "4" and flag(main["args"], "--pipeline-parallel-size") == "2"
+    assert "--data-parallel-size" not in main["args"]
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == 8 == main["resources"]["requests"]["nvidia.com/gpu"]
+    assert container(render({"gpu": {"count": 2, "resourceName": "nvidia.com/gpu"}}))["resources"]["limits"]["nvidia.com/gpu"] == 2

@@ -39,10 +39,28 @@ def test_launch_builds_an_accelerate_command(tmp_path):
     fsdp = Launch(4, EXAMPLES / "accelerate" / "fsdp.yaml").command(tmp_path / "launch.json")
     assert fsdp[fsdp.index("--config_file") + 1].endswith("fsdp.yaml") and "--multi_gpu" not in fsdp
     assert not Launch(1).is_distributed and Launch(1, EXAMPLES / "accelerate" / "ddp.yaml").is_distributed
+    assert "--num_processes" not in Launch(1, EXAMPLES / "accelerate" / "ddp.yaml").command(tmp_path / "l.json")
     with pytest.raises(ConfigError, match="--num-processes must be at least 1"):
         Launch(0)
     with pytest.raises(ConfigError, match="--config-file nope.yaml: no such file"):
         Launch(2, Path("nope.yaml"))
+
+
+def test_a_sharding_config_on_cpu_says_it_runs_as_ddp(caplog):
+    import logging
+
+    import torch
+
+    from tuneserve.finetune.launch import warn_if_not_sharded
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the config shards")
+    with caplog.at_level(logging.WARNING, logger="tuneserve.finetune"):
+        warn_if_not_sharded(Launch(2, EXAMPLES / "accelerate" / "fsdp.yaml"))
+        warn_if_not_sharded(Launch(2, EXAMPLES / "accelerate" / "ddp.yaml"))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{EXAMPLES / 'accelerate' / 'fsdp.yaml'}: without a GPU Accelerate runs FSDP as plain DDP on CPU; nothing is sharded"
+    ]
 
 
 def test_learning_rate_scaling_follows_the_recipe():

@@ -52,7 +52,8 @@ class Launch:
         else:  # "multi_gpu" is Accelerate's name for DDP; on a machine without GPUs it runs gloo on CPU
             cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                     "--main_process_port", str(free_port())]  # not torchrun's fixed 29500: two runs may share a machine
-        cmd += ["--num_processes", str(self.num_processes)]
+        if self.config_file is None or self.num_processes > 1:  # else the config file's own count
+            cmd += ["--num_processes", str(self.num_processes)]
         return cmd + ["-m", "tuneserve.finetune.worker", str(launch_file)]
 
 
@@ -64,6 +65,7 @@ def run_workers(launch: Launch, recipe: Recipe, resume: bool, overwrite: bool) -
     }) + "\n")
     log_path = recipe.work_dir() / "workers.log"
     cmd = launch.command(launch_file)
+    warn_if_not_sharded(launch)
     logger.info("launching %d training processes: %s (log: %s)", launch.num_processes, " ".join(cmd), log_path)
     # The workers' progress goes to the terminal as it happens, and to a log for the error message.
     with open(log_path, "wb") as log:
@@ -76,6 +78,20 @@ def run_workers(launch: Launch, recipe: Recipe, resume: bool, overwrite: bool) -
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
         raise LaunchError(f"the training processes failed (exit {process.returncode}); last lines:\n{tail}")
     return Path(recipe.output_dir)
+
+
+def warn_if_not_sharded(launch: Launch) -> None:
+    """Accelerate runs FSDP and DeepSpeed configs as plain DDP on a machine without GPUs (checked
+    on accelerate 1.15: MULTI_CPU, a DistributedDataParallel model): say so rather than let the
+    run look sharded."""
+    import torch
+    import yaml
+
+    if launch.config_file is None or torch.cuda.is_available():
+        return
+    kind = (yaml.safe_load(Path(launch.config_file).read_text()) or {}).get("distributed_type")
+    if kind in ("FSDP", "DEEPSPEED"):
+        logger.warning("%s: without a GPU Accelerate runs %s as plain DDP on CPU; nothing is sharded", launch.config_file, kind)
 
 
 def free_port() -> int:

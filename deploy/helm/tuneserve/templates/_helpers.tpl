@@ -23,6 +23,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- printf "%s:%s" .Values.image.repository $tag -}}
 {{- end -}}
 
+{{- define "tuneserve.gpuCount" -}}
+{{- $p := .Values.parallelism -}}
+{{- .Values.gpu.count | default (mul $p.tensor $p.pipeline $p.data) -}}
+{{- end -}}
+
 {{- define "tuneserve.modelCacheClaim" -}}
 {{- .Values.modelCache.existingClaim | default (printf "%s-model-cache" (include "tuneserve.fullname" .)) -}}
 {{- end -}}
@@ -50,6 +55,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- with .Values.serve.kvCacheGib }}
 - --kv-cache-gib
 - {{ . | quote }}
+{{- end }}
+{{- range $flag, $size := dict "--tensor-parallel-size" .Values.parallelism.tensor "--pipeline-parallel-size" .Values.parallelism.pipeline "--data-parallel-size" .Values.parallelism.data }}
+{{- if gt (int $size) 1 }}
+- {{ $flag }}
+- {{ $size | quote }}
+{{- end }}
 {{- end }}
 {{- with .Values.serve.gpuMemoryUtilization }}
 - --gpu-memory-utilization
