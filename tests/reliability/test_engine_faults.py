@@ -51,6 +51,9 @@ def test_killed_engine_fails_health_and_the_server_exits_nonzero(tmp_path, recor
 NUM_STREAMS = 24
 
 
+# ~55 s with its own server: `make test-slow` and `make reliability`. `make test` drains two streams in
+# tests/server/test_limits_and_drain.py::test_sigterm_drains_in_flight_requests_then_exits_0.
+@pytest.mark.slow
 def test_sigterm_under_load_finishes_in_flight_refuses_new_exits_0(tmp_path, record):
     server = start_server(tmp_path, "--drain-timeout-s", "120")
     results: list[list[str]] = [[] for _ in range(NUM_STREAMS)]

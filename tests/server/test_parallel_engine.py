@@ -9,7 +9,7 @@ test_startup_checks.py.
 
 import os
 
-import httpx
+import openai
 import pytest
 
 from tests.conftest import start_server
@@ -20,15 +20,13 @@ pytestmark = [pytest.mark.engine, pytest.mark.skipif(len(os.sched_getaffinity(0)
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time"]
 
 
-def greedy_completions(server, model: str) -> list[list[int]]:
-    """Token ids, not text: random weights make text that need not round-trip."""
+def greedy_completions(server, model: str) -> list[list[str]]:
+    """Tokens, not text: random weights make text that need not round-trip."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0, timeout=120)
     outputs = []
     for prompt in PROMPTS:
-        response = httpx.post(f"{server.base_url}/v1/completions", timeout=120, json={
-            "model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 1,
-        })
-        assert response.status_code == 200, response.text
-        outputs.append(response.json()["choices"][0]["logprobs"]["tokens"])
+        response = client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0, logprobs=1)
+        outputs.append(response.choices[0].logprobs.tokens)
     return outputs
 
 
