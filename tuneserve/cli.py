@@ -9,7 +9,7 @@ from rich.table import Table
 
 app = typer.Typer(help="Finetune, optimize, serve, bench and deploy LLMs.", no_args_is_help=True)
 models_app = typer.Typer(help="Import, list and inspect models.", no_args_is_help=True)
-finetune_app = typer.Typer(help="Train adapters from YAML recipes (SFT, DPO, ORPO, reward) and evaluate them.", no_args_is_help=True)
+finetune_app = typer.Typer(help="Train adapters from YAML recipes (SFT, DPO, ORPO, reward, classify) and evaluate them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 optimize_app = typer.Typer(help="Merge adapters, quantize, distill draft models, estimate memory.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
@@ -183,9 +183,22 @@ def _finetune(method: str, recipe: Path, sets: list[str] | None, output_dir: str
     from tuneserve.artifacts import read_manifest
 
     metrics = read_manifest(out).metrics
-    if "eval_after" in metrics:
+    if "detection_rate" in metrics.get("eval_after", {}):
+        print_detection(metrics["eval_after"], metrics.get("eval_before"))
+    elif "eval_after" in metrics:
         print_eval(metrics["eval_after"], metrics.get("eval_before"))
     console.print(str(out))
+
+
+def print_detection(after: dict, before: dict | None = None) -> None:
+    """A classifier's held-out detection table; with `before`, each cell reads "untrained -> trained"."""
+    table = Table("held-out", "rate", title=f"classifier on {after['num_samples']} held-out samples (threshold {after['threshold']})")
+    rows = [("accuracy", "accuracy"), ("detection_rate", "attacks detected"), ("false_positive_rate", "benign flagged")]
+    for key, title in rows:
+        table.add_row(title, f"{before[key]:.3f} -> {after[key]:.3f}" if before else f"{after[key]:.3f}")
+    for style, rate in after["detection_by_style"].items():
+        table.add_row(f"  {style} detected", f"{rate:.3f}")
+    console.print(table)
 
 
 def print_eval(results: dict, before: dict | None = None) -> None:
@@ -205,6 +218,7 @@ FINETUNE_HELP = {
     "dpo": ("Direct preference optimization on prompt/chosen/rejected data.", "dpo-demo.yaml"),
     "orpo": ("Odds-ratio preference optimization (no reference model).", "orpo-demo.yaml"),
     "reward": ("Reward model (one-logit head + LoRA) on preference data.", "reward-demo.yaml"),
+    "classify": ("Sequence-classification LoRA (PEFT SEQ_CLS) on text/label data, e.g. the prompt-injection guard.", "classify-guard.yaml"),
 }
 
 

@@ -15,6 +15,7 @@ REQUIRED_KEYS = {
     "messages": ("messages",),
     "preference": ("prompt", "chosen", "rejected"),
     "text": ("text",),
+    "classification": ("text", "label"),
 }
 
 
@@ -22,7 +23,7 @@ class DataError(ValueError):
     """A dataset that cannot be used; the message names the file, line and field."""
 
 
-DatasetType = Literal["alpaca", "messages", "preference", "text", "demo"]
+DatasetType = Literal["alpaca", "messages", "preference", "text", "classification", "demo"]
 
 
 class DatasetSpec(BaseModel):
@@ -32,7 +33,7 @@ class DatasetSpec(BaseModel):
     type: DatasetType | None = Field(
         None,
         description="alpaca (instruction/input/output), messages (chat), preference "
-        "(prompt/chosen/rejected), text; inferred for demo data.",
+        "(prompt/chosen/rejected), text, classification (text/label); inferred for demo data.",
     )
 
     @property
@@ -42,7 +43,7 @@ class DatasetSpec(BaseModel):
     @model_validator(mode="after")
     def _type_given(self):
         if self.type is None and not self.is_demo:
-            raise ValueError(f"{self.path}: give its type (alpaca, messages, preference or text)")
+            raise ValueError(f"{self.path}: give its type (alpaca, messages, preference, text or classification)")
         if self.type == "demo" and not self.is_demo:
             raise ValueError(f"{self.path}: type 'demo' is only for demo:<task> paths")
         return self
@@ -94,6 +95,11 @@ def convert(record, kind: str, where: str) -> dict:
         prompt = record["prompt"]
         prompt = user(prompt) if isinstance(prompt, str) else prompt
         return {"prompt": prompt, "chosen": assistant(_text(record, "chosen", where)), "rejected": assistant(_text(record, "rejected", where))}
+    if kind == "classification":
+        label = record["label"]
+        if not isinstance(label, (str, int)) or isinstance(label, bool) or label == "":
+            raise DataError(f"{where}: label must be a non-empty string or an integer")
+        return {"text": _text(record, "text", where), "label": str(label)}
     return {"text": _text(record, "text", where)}
 
 

@@ -23,6 +23,7 @@ class EvalSample:
     prompt: list[dict]
     answer: str
     rejected: str | None = None
+    match: str = "exact"  # exact (JSON on content), or word / word_cased: the answer appears as whole words
 
 
 @dataclass
@@ -32,6 +33,7 @@ class SampleScore:
     answer_logprob: float
     num_answer_tokens: int
     rejected_logprob: float | None
+    output: str = ""
 
 
 def load_eval_samples(task: str | None = None, data: str | None = None, data_type: str | None = None, num_samples: int = 50) -> list[EvalSample]:
@@ -66,6 +68,14 @@ def is_exact_match(output: str, answer: str) -> bool:
         return json.loads(output) == json.loads(answer)
     except (json.JSONDecodeError, TypeError):
         return False
+
+
+def is_correct(output: str, sample: EvalSample) -> bool:
+    from tuneserve.data.general import mentions
+
+    if sample.match == "exact":
+        return is_exact_match(output, sample.answer)
+    return mentions(output, sample.answer, case_sensitive=sample.match == "word_cased")
 
 
 def summarize(scores: list[SampleScore]) -> dict:
@@ -203,7 +213,12 @@ class _Scorer:
         rejected = None
         if sample.rejected is not None:
             rejected, _ = await self._completion_logprob(sample.prompt, prompt_ids, sample.rejected)
-        return SampleScore(sample.task, is_exact_match(output, sample.answer), answer_logprob, num_tokens, rejected)
+        return SampleScore(sample.task, is_correct(output, sample), answer_logprob, num_tokens, rejected, output)
+
+    async def logprob(self, sample: EvalSample) -> tuple[float, int]:
+        """Only the log-probability of the sample's answer (no generation)."""
+        prompt_ids = self._template(sample.prompt, add_generation_prompt=True)
+        return await self._completion_logprob(sample.prompt, prompt_ids, sample.answer)
 
     def _template(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
         from tuneserve.models.engine import chat_prompt_ids

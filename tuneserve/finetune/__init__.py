@@ -2,6 +2,7 @@
 
 from tuneserve.data import DataError
 from tuneserve.evals import run_eval
+from tuneserve.finetune.classify import classify_trainer, run_classify
 from tuneserve.finetune.dpo import dpo_trainer, run_dpo
 from tuneserve.finetune.launch import Launch
 from tuneserve.finetune.orpo import orpo_trainer, run_orpo
@@ -9,9 +10,9 @@ from tuneserve.finetune.recipe import Recipe
 from tuneserve.finetune.reward import reward_trainer, run_reward
 from tuneserve.finetune.sft import run_sft, sft_trainer
 
-RUNNERS = {"sft": run_sft, "dpo": run_dpo, "orpo": run_orpo, "reward": run_reward}
+RUNNERS = {"sft": run_sft, "dpo": run_dpo, "orpo": run_orpo, "reward": run_reward, "classify": run_classify}
 # What a worker process of a multi-process run builds, and the artifact kind it writes.
 TRAINERS = {"sft": (sft_trainer, "adapter"), "dpo": (dpo_trainer, "adapter"), "orpo": (orpo_trainer, "adapter"),
-            "reward": (reward_trainer, "reward-model")}
+            "reward": (reward_trainer, "reward-model"), "classify": (classify_trainer, "classifier")}
 
-__all__ = ["RUNNERS", "TRAINERS", "DataError", "Launch", "Recipe", "run_dpo", "run_eval", "run_orpo", "run_reward", "run_sft"]
+__all__ = ["RUNNERS", "TRAINERS", "DataError", "Launch", "Recipe", "run_classify", "run_dpo", "run_eval", "run_orpo", "run_reward", "run_sft"]

@@ -1,5 +1,6 @@
 """The parts every recipe shares: validate, split, TRL arguments, fit with resume, save."""
 
+import dataclasses
 import logging
 import resource
 import time
@@ -149,8 +150,9 @@ def trl_args(run: Run, config_cls: type, has_eval: bool, **extra) -> Any:
         report_to=r.report_to or "none",
         bf16=True,
         use_cpu=not _has_cuda(),
-        max_length=r.sequence_len,
         disable_tqdm=False,
+        # TRL's configs take the sequence length; transformers' TrainingArguments (classify) has no such field
+        **({"max_length": r.sequence_len} if "max_length" in {f.name for f in dataclasses.fields(config_cls)} else {}),
         **extra,
     )
 

@@ -16,10 +16,34 @@ def load_rows(recipe: Recipe) -> tuple[list[dict], dict[str, str]]:
             raise DataError(f"{spec.path}: the dataset is empty")
         hashes[spec.path] = hashlib.sha256(json.dumps(spec_rows, sort_keys=True).encode()).hexdigest()
         rows.extend(spec_rows)
+    if recipe.mix_general:
+        general = general_rows(len(rows), recipe.mix_general, recipe.seed)
+        hashes["general"] = hashlib.sha256(json.dumps(general, sort_keys=True).encode()).hexdigest()
+        rows.extend(general)
     return rows, hashes
 
 
+def general_rows(num_task_rows: int, fraction: float, seed: int) -> list[dict]:
+    """Rows from the general suite's train split making up `fraction` of the mixed data (its items
+    repeat when more are needed than it has). The held-out split, which the forgetting report
+    scores, is never trained on."""
+    import random
+
+    from tuneserve.data.general import general_items
+
+    items = general_items("train")
+    count = round(num_task_rows * fraction / (1 - fraction))
+    rng = random.Random(seed)
+    picked = [items[i % len(items)] for i in range(count)]
+    rng.shuffle(picked)
+    return [{"prompt": user(i.prompt), "completion": assistant(i.answer)} for i in picked]
+
+
 def demo_rows(spec: DatasetSpec, method: str) -> list[dict]:
+    if spec.path == "demo:guard":
+        from tuneserve.data.guard import guard_samples
+
+        return [{"text": s.text, "label": s.label} for s in guard_samples("train")]
     try:
         tasks = task_names(spec.path.removeprefix("demo:"))
     except ValueError as e:

@@ -8,14 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tuneserve.data import DatasetSpec
 from tuneserve.models.aliases import DEFAULT_MODEL
 
-Method = Literal["sft", "dpo", "orpo", "reward"]
+Method = Literal["sft", "dpo", "orpo", "reward", "classify"]
 PREFERENCE_METHODS = ("dpo", "orpo", "reward")
 class Recipe(BaseModel):
     """Everything a training run needs. Each field is also a `--set key=value` override."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = Field("sft", description="sft, dpo, orpo or reward (set by the subcommand).")
+    method: Method = Field("sft", description="sft, dpo, orpo, reward or classify (set by the subcommand).")
     base_model: str = Field(DEFAULT_MODEL, description="Any model reference tuneserve resolves.")
     adapter: Literal["qlora", "lora", "full"] = Field("lora", description="qlora: LoRA on a 4-bit base; full: every weight.")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA 4-bit data type.")
@@ -47,6 +47,14 @@ class Recipe(BaseModel):
         "none", description="On N processes the effective batch is N times larger: scale learning_rate by N (linear), "
         "sqrt(N), or leave it (none). The manifest records the rate used.",
     )
+    labels: list[str] | None = Field(
+        None, description="classify: the label names, in the order of the head's outputs (default: demo:guard's, or the "
+        "data's labels sorted). The last one is the positive class detection rates are reported for.",
+    )
+    mix_general: float = Field(
+        0.0, ge=0, lt=1, description="sft: this fraction of the training rows comes from the general suite's train split "
+        "(facts and instructions), against forgetting. `tuneserve eval forgetting` measures the effect.",
+    )
     rl_beta: float = Field(0.1, gt=0, description="DPO beta / ORPO lambda.")
     seed: int = Field(42, description="Seed for data order, dropout and the validation split.")
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")
@@ -66,12 +74,21 @@ class Recipe(BaseModel):
     def _fits_method(self):
         preference = self.method in PREFERENCE_METHODS
         for spec in self.datasets:
+            if (self.method == "classify") != (spec.type == "classification" or spec.path == "demo:guard"):
+                raise ValueError(
+                    f"classify trains on classification data (text/label) or demo:guard; {spec.path} is {spec.type or 'demo'}"
+                    if self.method == "classify" else f"{spec.path} is classification data; train it with `tuneserve finetune classify`"
+                )
             if spec.type in ("alpaca", "messages", "text") and preference:
                 raise ValueError(f"{self.method} needs preference data; {spec.path} is {spec.type}")
             if spec.type == "preference" and not preference:
                 raise ValueError(f"sft needs alpaca, messages or text data; {spec.path} is preference")
-        if self.adapter == "full" and self.method == "reward":
-            raise ValueError("reward models train a LoRA adapter here; use adapter: lora or qlora")
+        if self.adapter == "full" and self.method in ("reward", "classify"):
+            raise ValueError(f"{self.method} trains a LoRA adapter with a new head here; use adapter: lora or qlora")
+        if self.mix_general and self.method != "sft":
+            raise ValueError("mix_general applies to sft recipes")
+        if self.labels is not None and (self.method != "classify" or len(set(self.labels)) != len(self.labels) or len(self.labels) < 2):
+            raise ValueError("labels: give at least two distinct names, and only for classify")
         return self
 
     @property

@@ -38,8 +38,9 @@ def lora_config(recipe: Any, task_type: str = "CAUSAL_LM"):
     )
 
 
-def load_for_training(model_dir: Path, recipe: Any, head: str = "causal-lm"):
-    """The base model in bf16, or 4-bit for QLoRA; `head` is causal-lm or reward (1 logit)."""
+def load_for_training(model_dir: Path, recipe: Any, head: str = "causal-lm", num_labels: int = 1):
+    """The base model in bf16, or 4-bit for QLoRA; `head` is causal-lm, reward (1 logit) or
+    classify (`num_labels` logits)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -49,8 +50,8 @@ def load_for_training(model_dir: Path, recipe: Any, head: str = "causal-lm"):
             recipe.bnb_4bit_quant_type, recipe.bnb_4bit_use_double_quant, recipe.bnb_4bit_compute_dtype,
             recipe.bnb_4bit_quant_storage,
         )
-    if head == "reward":
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, **kwargs)
+    if head in ("reward", "classify"):
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels if head == "classify" else 1, **kwargs)
         model.config.pad_token_id = model.config.pad_token_id or model.config.eos_token_id
         return model
     return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)

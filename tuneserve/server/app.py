@@ -48,6 +48,7 @@ def create_app(
     app.state.admission = Admission(config.max_queued_requests)
     app.state.auth = auth
     app.state.adapters_file = None  # the --adapters-file watcher, set by `serve` when there is one
+    app.state.guards = None  # input/output guards (server/guards.py), set by `serve` when configured
     app.state.engine_version = engine_version()
     app.include_router(routes.router)
     app.include_router(adapter_routes.router)

@@ -8,6 +8,7 @@ Keys file (YAML):
         models: ["smollm2-*", "team-a-*"]   # globs over base and adapter names (default: all)
         requests_per_minute: 60       # optional
         tokens_per_minute: 20000      # optional; prompt + completion tokens
+        guards: {...}                 # optional; prompt-injection and leak guards (server/guards.py)
 Keys are compared as sha256 digests in constant time and never logged.
 """
 
@@ -21,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneserve.server.errors import ClientError
+from tuneserve.server.guards import GuardSpec
 
 Scope = Literal["inference", "admin"]
 WINDOW_S = 60.0
@@ -56,6 +58,7 @@ class TenantSpec(BaseModel):
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
+    guards: GuardSpec | None = None  # see tuneserve/server/guards.py
 
     @model_validator(mode="after")
     def _one_key(self):

@@ -83,6 +83,10 @@ class ServeConfig(BaseModel):
     )
     api_key: str | None = Field(None, min_length=8, description="One key with every scope (the simple case).")
     api_keys: str | None = Field(None, description="YAML file of tenants: keys, scopes, allowed models, limits.")
+    guard_model: str | None = Field(
+        None, description="Input guard: a `tuneserve finetune classify` adapter scoring prompts for injection attacks "
+        "(per-tenant settings in --api-keys; without keys it guards every request).",
+    )
     max_queued_requests: int | None = Field(None, ge=1, description="Requests in flight beyond this get 503 + Retry-After.")
     max_tokens_cap: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for.")
     request_timeout_s: float | None = Field(None, gt=0, description="Abort requests running longer than this.")

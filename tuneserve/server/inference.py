@@ -33,6 +33,10 @@ async def run_inference(raw: Request, body: Any, endpoint: Any) -> Response:
             stats.reserve_tokens = lambda n: _reserve(stats, tenant, n)
         state.admission.admit()
         stack.callback(state.admission.release)
+        guards, headers, leaks = state.guards, {}, None
+        if guards is not None:
+            headers = await guards.check_input(body, tenant)
+            leaks = guards.output_checker(body, tenant)
         lora_request = await stack.enter_async_context(state.serving.target(body.model, stats))
         deadline = _deadline(state.config.request_timeout_s)
         result = await _cancel_on_disconnect(raw, _within(endpoint.create(body, lora_request, stats), deadline))
@@ -40,10 +44,14 @@ async def run_inference(raw: Request, body: Any, endpoint: Any) -> Response:
             status = CLIENT_GONE
             return Response(status_code=CLIENT_GONE)
         if isinstance(result, AsyncIterator):
+            if leaks is not None:
+                result = leaks.wrap(result)
             stream, stack = _stream(result, deadline, stack, stats, tenant), None  # the stream owns cleanup
-            return StreamingResponse(stream, media_type="text/event-stream")
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        if leaks is not None:
+            headers |= leaks.check_response(result)
         status = 200
-        return JSONResponse(result.model_dump(mode="json"))
+        return JSONResponse(result.model_dump(mode="json"), headers=headers)
     except Exception as exc:
         status = status_of(exc)
         raise

@@ -36,6 +36,9 @@ def serve(config: ServeConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model_dir = resolve_model(config.model)
     auth = load_keys(config.api_key, config.api_keys)
+    from tuneserve.server.guards import load_guards
+
+    guards = load_guards(config.guard_model, [t.spec for t in auth.tenants] if auth else [])
     if config.metrics_auth and auth is None:
         raise StartupError("--metrics-auth needs keys to check: pass --api-key or --api-keys")
     base = served_base(config.model_names, model_dir) if config.is_lora_enabled else None
@@ -50,7 +53,7 @@ def serve(config: ServeConfig) -> int:
         sock.close()
         raise StartupError(f"--tool-call-parser: {e}") from None
     try:
-        return asyncio.run(_serve(config, model_dir, auth, base, sock))
+        return asyncio.run(_serve(config, model_dir, auth, base, sock, guards))
     finally:
         sock.close()
 
@@ -67,7 +70,7 @@ def served_base(names: list[str], model_dir: Path):
     return ServedBase(names, model_dir, model_fingerprint(model_dir), shapes)
 
 
-async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock) -> int:
+async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards=None) -> int:
     from transformers import AutoTokenizer
 
     from tuneserve.server.adapters import AdapterRegistry
@@ -95,6 +98,7 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock) -> int:
         )
         app = create_app(config, engine, AutoTokenizer.from_pretrained(model_dir), model, adapters, auth)
         app.state.adapters_file = watcher
+        app.state.guards = guards
         # The drain already waited for requests; past it, uvicorn must not wait on open sockets.
         uvicorn_config = uvicorn.Config(app, log_level=config.log_level, timeout_graceful_shutdown=5)
         server = DrainingServer(uvicorn_config, app.state.admission, config.drain_timeout_s)

@@ -28,6 +28,7 @@ ADAPTER_SWAPS = Counter("tuneserve_adapter_swaps", "Hot swaps: a name loaded aga
 ADAPTER_EVICTIONS = Counter("tuneserve_adapter_evictions", "Adapter versions removed from the engine.")
 ADAPTERS_FILE_ERRORS = Gauge("tuneserve_adapters_file_errors", "1 for each --adapters-file entry that is not served as declared.", ["adapter"])
 ADAPTERS_FILE_RECONCILES = Counter("tuneserve_adapters_file_reconciles", "--adapters-file reconcile rounds by result (ok, error, file_error).", ["result"])
+GUARD_EVENTS = Counter("tuneserve_guard_events", "Requests a guard blocked or flagged.", ["guard", "action", "tenant"])
 QUEUE_DEPTH = Gauge("tuneserve_queue_depth", "Inference requests admitted and not yet finished.")
 ENGINE_UNFINISHED = Gauge("tuneserve_engine_unfinished_requests", "Requests the engine holds (running + waiting), read when scraped.")
 

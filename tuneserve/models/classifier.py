@@ -1,0 +1,53 @@
+"""A sequence-classification LoRA (`tuneserve finetune classify`) loaded for inference.
+
+The adapter is a PEFT SEQ_CLS directory (LoRA + the trained `score` head); its label names are in
+its manifest. Shared by the classify stage's evaluation and the server's input guard.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from tuneserve.models.errors import ModelError
+
+
+class Classifier:
+    """Label probabilities for texts: the base with the adapter merged in, bf16, on the CPU."""
+
+    def __init__(self, model: Any, tokenizer: Any, labels: list[str]):
+        self.model, self.tokenizer, self.labels = model, tokenizer, labels
+
+    @classmethod
+    def load(cls, adapter_dir: str | Path, model_dir: str | Path | None = None, labels: list[str] | None = None) -> "Classifier":
+        """`model_dir`: the base (default: the one the adapter's manifest names, resolved)."""
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from tuneserve.artifacts import read_manifest
+        from tuneserve.models import resolve_model
+
+        adapter_dir = Path(adapter_dir)
+        manifest = read_manifest(adapter_dir)
+        labels = labels or (manifest.metrics.get("labels") if manifest else None)
+        if not labels:
+            raise ModelError(f"{adapter_dir}: not a classifier (its tuneserve.json names no labels; train it with `tuneserve finetune classify`)")
+        if model_dir is None:
+            if manifest is None:
+                raise ModelError(f"{adapter_dir}: no tuneserve.json to name its base model")
+            model_dir = resolve_model(manifest.base_model["name"])
+        base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels), dtype=torch.bfloat16)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        base.config.pad_token_id = base.config.pad_token_id or base.config.eos_token_id  # as in training
+        model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
+        return cls(model, tokenizer, labels)
+
+    def probabilities(self, texts: list[str], max_length: int = 512, batch_size: int = 16) -> list[dict[str, float]]:
+        import torch
+
+        out = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            with torch.inference_mode():
+                probs = self.model(**batch).logits.float().softmax(-1)
+            out += [dict(zip(self.labels, row.tolist(), strict=True)) for row in probs]
+        return out
