@@ -6,7 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ADAPTERS, ADMIN_KEY, KEYS_YAML, MODEL
+from tests.helpers import ADAPTERS, ADMIN_KEY, GUARD_MODEL, KEYS_YAML, MODEL
 from tuneserve.bench.server_process import ServerProcess, stop_server
 from tuneserve.bench.server_process import start_server as start_server_process
 
@@ -38,13 +38,15 @@ def adapters_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, adapter_root, adapters_file) -> ServerProcess:
-    """The one shared real server: base model, two preloaded adapters, tenants with keys, an adapters file."""
+    """The one shared real server: base model, two preloaded adapters, tenants with keys (some
+    guarded), an adapters file, the playground with its arena database."""
     tmp = tmp_path_factory.mktemp("server")
     (tmp / "keys.yaml").write_text(KEYS_YAML)
     adapters = [arg for name in ADAPTERS for arg in ("--adapter", f"{name}={adapter_root / name}")]
     running = start_server(
         tmp, *adapters, "--adapter-root", str(adapter_root), "--api-keys", str(tmp / "keys.yaml"),
         "--adapters-file", str(adapters_file), "--adapters-file-poll-s", "0.5",
+        "--guard-model", str(GUARD_MODEL), "--playground", "--arena-db", str(tmp / "arena.sqlite"),
     )
     yield running
     stop_server(running)

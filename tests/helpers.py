@@ -15,6 +15,11 @@ INFERENCE_KEY = "sk-test-tenant-a-0001"
 LIMITED_KEY = "sk-test-limited-0001"
 TOKEN_LIMITED_KEY = "sk-test-tokens-0001"
 BURST_KEY = "sk-test-burst-0001"
+GUARDED_KEY = "sk-test-guarded-0001"
+FLAGGED_KEY = "sk-test-flagged-0001"
+CANARY_KEY = "sk-test-canary-0001"
+CANARY = "ZEBRA-7731"
+GUARD_MODEL = EXAMPLES / "adapters" / "guard"
 KEYS_YAML = f"""
 keys:
   - name: admin
@@ -33,6 +38,18 @@ keys:
   - name: burst
     key: {BURST_KEY}
     tokens_per_minute: 200
+  - name: guarded
+    key: {GUARDED_KEY}
+    guards:
+      input: {{threshold: 0.5, action: block}}
+  - name: flagged
+    key: {FLAGGED_KEY}
+    guards:
+      input: {{threshold: 0.5, action: flag}}
+  - name: canary
+    key: {CANARY_KEY}
+    guards:
+      output: {{canaries: ["{CANARY}"], system_prompt: true, action: block}}
 """
 
 

@@ -16,6 +16,8 @@ app.add_typer(finetune_app, name="finetune")
 app.add_typer(optimize_app, name="optimize")
 bench_app = typer.Typer(help="Measure server settings side by side, report, and gate regressions.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+eval_app = typer.Typer(help="Suites, the forgetting report, and the arena leaderboard (automatic judges).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 console = Console()
 
 
@@ -116,6 +118,9 @@ def serve(
     lora_kernels: Annotated[str | None, typer.Option(help="CPU: multi-LoRA ops, tuneserve (grouped GEMMs, default) | vllm.")] = None,
     api_key: Annotated[str | None, typer.Option(help="Require this bearer key (all scopes).", envvar="TUNESERVE_API_KEY", show_envvar=True)] = None,
     api_keys: Annotated[str | None, typer.Option(help="YAML file of tenants: keys, scopes, models, limits.")] = None,
+    guard_model: Annotated[str | None, typer.Option(help="Prompt-injection guard: a `finetune classify` adapter (per-tenant settings in --api-keys).")] = None,
+    playground: Annotated[bool | None, typer.Option("--playground/--no-playground", help="Serve the web playground and arena at /playground (default off).")] = None,
+    arena_db: Annotated[str | None, typer.Option(help="SQLite file of arena votes (default $TUNESERVE_HOME/arena.sqlite).")] = None,
     max_queued_requests: Annotated[int | None, typer.Option(help="Requests in flight beyond this get 503.")] = None,
     max_tokens_cap: Annotated[int | None, typer.Option(help="Largest max_tokens a request may ask for.")] = None,
     request_timeout_s: Annotated[float | None, typer.Option(help="Abort requests running longer (504).")] = None,
@@ -132,6 +137,7 @@ def serve(
       tuneserve serve --model smollm2-135m-instruct --port 8000
       tuneserve serve --adapter dates=examples/adapters/dates --adapter-root runs --api-keys keys.yaml
       tuneserve serve --adapters-file examples/adapters.yaml
+      tuneserve serve --adapter dates=examples/adapters/dates --playground --guard-model examples/adapters/guard
     """
     overrides = {k: v for k, v in locals().items() if k != "config"}
     from tuneserve.config import ConfigError, load_config
@@ -260,6 +266,131 @@ def finetune_eval(
     except (DataError, ModelError) as e:
         fail(str(e))
     print_eval(results)
+
+
+@eval_app.command("suite")
+def eval_suite(
+    suite: Annotated[str, typer.Argument(help="demo (the demo tasks) or general (facts and instructions).")] = "general",
+    model: Annotated[str | None, typer.Option(help="Base model reference (default smollm2-135m-instruct).")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT adapter directory to apply.")] = None,
+    num_samples: Annotated[int, typer.Option(help="demo: samples per task.")] = 50,
+):
+    """A named suite's held-out scores (exact match, perplexity) for a model or model + adapter, through vLLM.
+
+    Example: tuneserve eval suite general --adapter examples/adapters/dates
+    """
+    from tuneserve.data import DataError
+    from tuneserve.evals.suites import run_suite
+    from tuneserve.models import ModelError
+
+    try:
+        results = run_suite(suite, model, adapter, num_samples)
+    except (DataError, ModelError) as e:
+        fail(str(e))
+    print_eval(results)
+
+
+@eval_app.command("forgetting")
+def eval_forgetting(
+    adapter: Annotated[str | None, typer.Option(help="Adapter directory, scored on its base.")] = None,
+    candidate: Annotated[str | None, typer.Option(help="Or a model (merged, quantized, distilled) to compare with the base.")] = None,
+    model: Annotated[str | None, typer.Option(help="The base model reference (default smollm2-135m-instruct).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the report as JSON here.")] = None,
+):
+    """What a finetuned model lost on the general suite against its base.
+
+    Reports exact match on checkable answers (base vs candidate), the perplexity of the base's own
+    greedy answers under each, agreement with the base, per category, and examples of answers lost.
+    The report is also stored in the adapter's (or model's) tuneserve.json under metrics.forgetting.
+
+    Example: tuneserve eval forgetting --adapter examples/adapters/dates
+    """
+    import json
+
+    from tuneserve.data import DataError
+    from tuneserve.evals.suites import forgetting_report
+    from tuneserve.models import ModelError
+
+    try:
+        report = forgetting_report(model, adapter, candidate)
+    except (DataError, ModelError) as e:
+        fail(str(e))
+    table = Table("category", "base", "candidate", title=f"forgetting on the general suite ({report['num_items']} held-out items)")
+    for name, row in report["categories"].items():
+        table.add_row(name, f"{row['base']:.2f}", f"{row['candidate']:.2f}")
+    em, ppl = report["exact_match"], report["base_answers_perplexity"]
+    table.add_row("[b]exact match[/b]", f"{em['base']:.3f}", f"{em['candidate']:.3f}")
+    table.add_row("perplexity of the base's answers", f"{ppl['base']:.2f}", f"{ppl['candidate']:.2f}")
+    console.print(table)
+    console.print(f"exact match lost: {report['exact_match_lost']:+.3f}; same answer as the base: {report['agreement_with_base']:.0%}")
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@eval_app.command("arena")
+def eval_arena(
+    server: Annotated[str | None, typer.Option(help="A server started with --playground: run judged battles there.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Key for --server.", envvar="TUNESERVE_API_KEY")] = None,
+    judge: Annotated[str, typer.Option(help="exact (checkable answers of --suite) or reward:DIR (a `finetune reward` model).")] = "exact",
+    suite: Annotated[str, typer.Option(help="Prompts for the battles: demo or general.")] = "demo",
+    models: Annotated[str | None, typer.Option(help="Comma-separated models to pit (default: the server picks among all).")] = None,
+    num_battles: Annotated[int, typer.Option(help="Judged battles to run (0: only print the leaderboard).")] = 40,
+    db: Annotated[Path | None, typer.Option(help="Without --server: print the leaderboard of this arena SQLite file.")] = None,
+    only_judge: Annotated[str | None, typer.Option(help="Rate only the votes of this judge (human, exact, reward).")] = None,
+):
+    """Battles without people (an automatic judge votes), then the leaderboard: Bradley-Terry with
+    95% bootstrap intervals and Elo, as Chatbot Arena computes them.
+
+    Examples:
+      tuneserve eval arena --server http://127.0.0.1:8000 --judge exact --suite demo --num-battles 60
+      tuneserve eval arena --db ~/.cache/tuneserve/arena.sqlite
+    """
+    import random
+
+    from rich.progress import Progress
+
+    from tuneserve.data import DataError
+    from tuneserve.evals.arena import ArenaError, ArenaStore, ExactJudge, RewardJudge, leaderboard
+    from tuneserve.evals.suites import suite_samples
+    from tuneserve.models import ModelError
+
+    if (server is None) == (db is None):
+        fail("give --server (run battles there) or --db (print a stored leaderboard)")
+    if server is None:
+        if not db.is_file():
+            fail(f"--db {db}: no such file")
+        print_leaderboard(leaderboard(ArenaStore(db).votes(only_judge)))
+        return
+    try:
+        picked = ExactJudge() if judge == "exact" else RewardJudge(judge.removeprefix("reward:")) if judge.startswith("reward:") else None
+        if picked is None:
+            fail(f"--judge {judge!r}: use exact or reward:DIR")
+        samples = suite_samples(suite)
+        random.Random(0).shuffle(samples)
+        from tuneserve.evals.arena import judged_battles
+
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"{num_battles} battles judged by {picked.name}", total=num_battles)
+            judged_battles(server.rstrip("/"), api_key, picked, samples, num_battles, models.split(",") if models else None,
+                           on_battle=lambda n: progress.update(task, completed=n))
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        params = {"judge": only_judge} if only_judge else {}
+        board = httpx.get(f"{server.rstrip('/')}/v1/arena/leaderboard", headers=headers, params=params, timeout=120).json()
+    except (ArenaError, DataError, ModelError) as e:
+        fail(str(e))
+    except OSError as e:
+        fail(f"--server {server}: {e}")
+    print_leaderboard(board["data"])
+
+
+def print_leaderboard(rows: list[dict]) -> None:
+    table = Table("#", "model", "Bradley-Terry (95% CI)", "Elo", "battles", "W / T / L", title="arena leaderboard")
+    for r in rows:
+        table.add_row(str(r["rank"]), r["model"], f"{r['bradley_terry']:.0f} ({r['ci_low']:.0f} to {r['ci_high']:.0f})",
+                      f"{r['elo']:.0f}", str(r["battles"]), f"{r['wins']} / {r['ties']} / {r['losses']}")
+    console.print(table)
 
 
 def _optimize(run, *args, **kwargs):

@@ -165,3 +165,75 @@ class ArenaStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+# -- automatic judges -------------------------------------------------------------------------
+
+
+class ExactJudge:
+    """On a suite with checkable answers: the correct answer wins; both right is a tie, both wrong both_bad."""
+
+    name = "exact"
+
+    def winner(self, sample, answer_a: str, answer_b: str) -> str:
+        from tuneserve.evals.scoring import is_correct
+
+        a, b = is_correct(answer_a, sample), is_correct(answer_b, sample)
+        return "a" if a and not b else "b" if b and not a else "tie" if a else "both_bad"
+
+
+class RewardJudge:
+    """The reward model from `tuneserve finetune reward`: the higher-scored answer wins."""
+
+    name = "reward"
+
+    def __init__(self, reward_dir: str | Path, margin: float = 1e-3):
+        from tuneserve.models.classifier import Classifier
+
+        self.model = Classifier.load(reward_dir, labels=["reward"])
+        self.margin = margin
+
+    def score(self, prompt: list[dict], answer: str) -> float:
+        text = self.model.tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
+        return self.model.logits([text])[0][0]
+
+    def winner(self, sample, answer_a: str, answer_b: str) -> str:
+        a, b = self.score(sample.prompt, answer_a), self.score(sample.prompt, answer_b)
+        return "tie" if abs(a - b) < self.margin else "a" if a > b else "b"
+
+
+def judged_battles(base_url: str, api_key: str | None, judge, samples: list, num_battles: int, models: list[str] | None = None,
+                   seed: int = 0, on_battle=None) -> int:
+    """Run `num_battles` battles through a server's arena API, each voted by `judge`; returns the
+    number of votes cast. Prompts cycle through `samples`; pairs are the server's random picks,
+    or drawn from `models`."""
+    import httpx
+
+    rng = random.Random(seed)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
+        for i in range(num_battles):
+            sample = samples[i % len(samples)]
+            body = {"messages": sample.prompt, "temperature": 0, "max_tokens": 64}
+            if models:
+                body["models"] = rng.sample(models, 2)
+            battle = _ok(client.post("/v1/arena/battles", json=body))
+            winner = judge.winner(sample, battle["answers"]["a"], battle["answers"]["b"])
+            _ok(client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": winner, "judge": judge.name}))
+            if on_battle is not None:
+                on_battle(i + 1)
+    return num_battles
+
+
+def _ok(response) -> dict:
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:
+            message = response.text[:300]
+        raise ArenaError(f"{response.request.method} {response.request.url.path}: {response.status_code} {message}")
+    return response.json()
+
+
+class ArenaError(RuntimeError):
+    """A battle the server refused; the message carries its error."""

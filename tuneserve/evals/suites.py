@@ -18,13 +18,13 @@ from tuneserve.data import DataError, user
 from tuneserve.data.general import general_items
 from tuneserve.evals.scoring import EvalSample, SampleScore, _adapter, _Scorer, load_eval_samples, summarize
 
-SUITES = ("demo", "general")
+SUITES = ("demo", "demo:<task>", "general")
 
 
 def suite_samples(suite: str, num_samples: int = 50) -> list[EvalSample]:
     """A suite's held-out samples (`num_samples` per demo task; the whole general suite)."""
-    if suite == "demo":
-        return load_eval_samples("all", num_samples=num_samples)
+    if suite == "demo" or suite.startswith("demo:"):
+        return load_eval_samples(suite.removeprefix("demo").removeprefix(":") or "all", num_samples=num_samples)
     if suite == "general":
         return [EvalSample(i.category, user(i.prompt), i.answer, match="word_cased" if i.case_sensitive else "word")
                 for i in general_items("held_out")]

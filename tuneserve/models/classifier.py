@@ -41,13 +41,18 @@ class Classifier:
         model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
         return cls(model, tokenizer, labels)
 
-    def probabilities(self, texts: list[str], max_length: int = 512, batch_size: int = 16) -> list[dict[str, float]]:
+    def logits(self, texts: list[str], max_length: int = 512, batch_size: int = 16) -> list[list[float]]:
         import torch
 
         out = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             with torch.inference_mode():
-                probs = self.model(**batch).logits.float().softmax(-1)
-            out += [dict(zip(self.labels, row.tolist(), strict=True)) for row in probs]
+                out += self.model(**batch).logits.float().tolist()
         return out
+
+    def probabilities(self, texts: list[str], max_length: int = 512, batch_size: int = 16) -> list[dict[str, float]]:
+        import torch
+
+        rows = torch.tensor(self.logits(texts, max_length, batch_size)).softmax(-1)
+        return [dict(zip(self.labels, row.tolist(), strict=True)) for row in rows]

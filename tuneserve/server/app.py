@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from tuneserve import __version__
-from tuneserve.server import adapter_routes, routes
+from tuneserve.server import adapter_routes, arena_routes, routes
 from tuneserve.server.adapters import AdapterRegistry
 from tuneserve.server.admission import Admission
 from tuneserve.server.auth import Authenticator
@@ -49,9 +49,16 @@ def create_app(
     app.state.auth = auth
     app.state.adapters_file = None  # the --adapters-file watcher, set by `serve` when there is one
     app.state.guards = None  # input/output guards (server/guards.py), set by `serve` when configured
+    app.state.arena = None
+    if config.playground:
+        from tuneserve.config import tuneserve_home
+        from tuneserve.evals.arena import ArenaStore
+
+        app.state.arena = ArenaStore(config.arena_db or tuneserve_home() / "arena.sqlite")
     app.state.engine_version = engine_version()
     app.include_router(routes.router)
     app.include_router(adapter_routes.router)
+    app.include_router(arena_routes.router)
     install_error_handlers(app)
     app.add_middleware(CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)

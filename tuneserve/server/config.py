@@ -87,6 +87,8 @@ class ServeConfig(BaseModel):
         None, description="Input guard: a `tuneserve finetune classify` adapter scoring prompts for injection attacks "
         "(per-tenant settings in --api-keys; without keys it guards every request).",
     )
+    playground: bool = Field(False, description="Serve the web playground (chat, arena battles, leaderboard) at /playground.")
+    arena_db: str | None = Field(None, description="SQLite file of arena votes (default $TUNESERVE_HOME/arena.sqlite).")
     max_queued_requests: int | None = Field(None, ge=1, description="Requests in flight beyond this get 503 + Retry-After.")
     max_tokens_cap: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for.")
     request_timeout_s: float | None = Field(None, gt=0, description="Abort requests running longer than this.")

@@ -16,8 +16,8 @@ Keys file:
         guards:
           input: {enabled: true, threshold: 0.5, action: block}     # needs --guard-model
           output: {canaries: ["ZEBRA-7731"], system_prompt: true, action: block}
-With --guard-model, a tenant without `guards` gets the input guard with these defaults; set
-`input: {enabled: false}` to turn it off. Blocks and flags are counted in
+Guards are opt-in per tenant; a server without a keys file and with --guard-model guards every
+request with the input defaults (threshold 0.5, block). Blocks and flags are counted in
 `tuneserve_guard_events_total{guard, action, tenant}`.
 """
 
@@ -76,10 +76,11 @@ class Guards:
         self._lock = threading.Lock()  # one forward pass at a time: the engine has the cores
 
     def spec_for(self, tenant: Any | None) -> GuardSpec:
-        spec = getattr(getattr(tenant, "spec", None), "guards", None) or GuardSpec()
-        if spec.input is None and self.classifier is not None:
-            spec = spec.model_copy(update={"input": InputGuardSpec()})
-        return spec
+        """The tenant's `guards`; without keys (or with the one --api-key), every request gets the
+        input guard's defaults."""
+        if tenant is None or (tenant.spec.guards is None and tenant.name == "api-key"):
+            return GuardSpec(input=InputGuardSpec() if self.classifier is not None else None)
+        return tenant.spec.guards or GuardSpec()
 
     async def check_input(self, body: Any, tenant: Any | None) -> dict[str, str]:
         """Raise InputBlockedError, or return the headers to add (a flag), or {}."""
@@ -190,12 +191,16 @@ def _message_text(content: Any) -> list[str]:
 
 def request_texts(body: Any) -> list[str]:
     """What the client wrote: user and tool turns, prompts, Responses input (not system prompts)."""
-    if hasattr(body, "messages"):
+    from tuneserve.server.chat_protocol import ChatCompletionRequest
+    from tuneserve.server.completion_protocol import CompletionRequest
+    from tuneserve.server.responses_protocol import ResponsesRequest
+
+    if isinstance(body, ChatCompletionRequest):
         return [t for m in body.messages if m.role in ("user", "tool", "function") for t in _message_text(m.content)]
-    if hasattr(body, "prompt"):
+    if isinstance(body, CompletionRequest):
         prompt = body.prompt
         return [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
-    if hasattr(body, "input"):
+    if isinstance(body, ResponsesRequest):
         if isinstance(body.input, str):
             return [body.input]
         return [t for item in body.input if item.get("role", "user") in ("user", "tool")
@@ -205,9 +210,12 @@ def request_texts(body: Any) -> list[str]:
 
 def system_texts(body: Any) -> list[str]:
     """The operator's instructions in a request: system/developer turns, Responses instructions."""
-    if hasattr(body, "messages"):
+    from tuneserve.server.chat_protocol import ChatCompletionRequest
+    from tuneserve.server.responses_protocol import ResponsesRequest
+
+    if isinstance(body, ChatCompletionRequest):
         return [t for m in body.messages if m.role in ("system", "developer") for t in _message_text(m.content)]
-    if hasattr(body, "input"):
+    if isinstance(body, ResponsesRequest):
         texts = [body.instructions] if getattr(body, "instructions", None) else []
         if isinstance(body.input, list):
             texts += [t for item in body.input if item.get("role") in ("system", "developer") for t in _message_text(item.get("content"))]
