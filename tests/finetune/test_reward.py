@@ -18,3 +18,14 @@ def test_reward_model_beats_chance_on_held_out_pairs(tiny_recipe):
     print(f"reward preference accuracy: untrained head {before:.2f} -> trained {after:.2f}")
     assert after >= 0.75  # chance is 0.5; 40 pairs make 0.75 ~3 standard deviations above it
     assert after > before
+
+    # The same model as the arena's automatic judge: it prefers the right answer of held-out pairs.
+    from tuneserve.evals import load_eval_samples
+    from tuneserve.evals.arena import RewardJudge
+
+    judge = RewardJudge(out)
+    samples = load_eval_samples("dates", num_samples=20)
+    verdicts = [judge.winner(s, s.answer, s.rejected) for s in samples] + [judge.winner(s, s.rejected, s.answer) for s in samples]
+    right = verdicts[:20].count("a") + verdicts[20:].count("b")
+    print(f"reward judge picks the right answer in {right} of 40 battles")
+    assert right >= 30

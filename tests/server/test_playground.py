@@ -37,6 +37,7 @@ def test_chat_battle_vote_and_leaderboard_in_a_browser(server, page):
 
     # chat with the dates adapter, streamed
     page.select_option("#chat-model", "dates")
+    page.fill("#chat-temperature", "0")
     page.fill("#chat-input", "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only.")
     page.click("#chat-send")
     answer = page.locator(".msg.assistant[data-done=true]")

@@ -1,0 +1,59 @@
+"""Sequence-classification LoRA (PEFT SEQ_CLS): the guard classifier learns, and the data and
+recipe errors name what is wrong."""
+
+import json
+
+import pytest
+
+from tuneserve.artifacts import read_manifest
+from tuneserve.data import DataError
+from tuneserve.finetune import run_classify
+from tuneserve.finetune.recipe import Recipe
+
+
+def test_classify_learns_to_detect_held_out_attacks(tiny_recipe):
+    recipe = tiny_recipe("classify", datasets=[{"path": "demo:guard"}], max_steps=30, micro_batch_size=16,
+                         learning_rate=5e-4, eval_samples=1)
+    out = run_classify(recipe)
+    manifest = read_manifest(out)
+    assert manifest.kind == "classifier" and manifest.metrics["labels"] == ["benign", "attack"]
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "score" in config["modules_to_save"]
+    before, after = manifest.metrics["eval_before"], manifest.metrics["eval_after"]
+    print(f"guard after 30 steps: accuracy {before['accuracy']:.2f} -> {after['accuracy']:.2f}, "
+          f"detected {after['detection_rate']:.2f}, benign flagged {after['false_positive_rate']:.2f}")
+    assert after["num_samples"] == 400
+    assert after["accuracy"] >= 0.8 > before["accuracy"]  # 400 balanced samples: chance is 0.5
+    assert after["detection_rate"] >= 0.8 and after["false_positive_rate"] <= 0.2
+
+
+def test_classify_file_data_uses_the_recipes_labels_and_refuses_others(tiny_recipe, tmp_path):
+    from tuneserve.finetune.classify import label_names
+    from tuneserve.finetune.common import prepare
+
+    data = tmp_path / "tickets.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for t, label in
+                            [("refund please", "billing"), ("app crashes", "bug"), ("love it", "praise")] * 4))
+    spec = {"path": str(data), "type": "classification"}
+    run = prepare(tiny_recipe("classify", datasets=[spec]))
+    assert label_names(run) == ["billing", "bug", "praise"]
+    run = prepare(tiny_recipe("classify", datasets=[spec], labels=["praise", "bug", "billing"], output_dir=str(tmp_path / "b")))
+    assert label_names(run) == ["praise", "bug", "billing"]
+    run = prepare(tiny_recipe("classify", datasets=[spec], labels=["bug", "praise"], output_dir=str(tmp_path / "c")))
+    with pytest.raises(DataError, match=r"labels \['billing'\] are in the data but not in the recipe's labels"):
+        label_names(run)
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(DataError, match="bad.jsonl:1: classification records need text, label; missing label"):
+        prepare(tiny_recipe("classify", datasets=[{"path": str(tmp_path / "bad.jsonl"), "type": "classification"}], output_dir=str(tmp_path / "d")))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"method": "classify", "datasets": [{"path": "demo:dates"}]}, "classify trains on classification data"),
+    ({"method": "sft", "datasets": [{"path": "x.jsonl", "type": "classification"}]}, "train it with `tuneserve finetune classify`"),
+    ({"method": "classify", "datasets": [{"path": "demo:guard"}], "adapter": "full"}, "classify trains a LoRA adapter"),
+    ({"method": "classify", "datasets": [{"path": "demo:guard"}], "labels": ["one"]}, "at least two distinct names"),
+    ({"method": "dpo", "datasets": [{"path": "demo:dates"}], "mix_general": 0.1}, "mix_general applies to sft"),
+])
+def test_recipe_errors_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Recipe.model_validate(fields | {"output_dir": "out"})
