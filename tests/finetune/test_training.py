@@ -52,18 +52,18 @@ def test_sft_qlora_trains_on_a_4bit_base(tiny_recipe):
     assert manifest.metrics["num_4bit_linear_layers"] == 7 * facts.num_layers
 
 
-def test_orpo_trains_a_loadable_adapter(tiny_recipe):
-    out = run_orpo(tiny_recipe("orpo", datasets=[{"path": "demo:units"}], max_steps=2, rl_beta=1.0))
+@pytest.mark.parametrize("runner,method", [(run_dpo, "dpo"), (run_orpo, "orpo")])
+def test_preference_methods_train_a_loadable_adapter(tiny_recipe, runner, method):
+    out = runner(tiny_recipe(method, datasets=[{"path": "demo:units"}], max_steps=2, rl_beta=1.0))
     manifest = assert_peft_adapter(out, 2)
-    assert manifest.recipe["method"] == "orpo"
+    assert manifest.recipe["method"] == method
 
 
 # ORPO's default lambda (0.1) lets its SFT term dominate a 15-step run (measured: 0.60 -> 0.55);
 # lambda 1.0 weighs the odds-ratio term as much as the SFT term.
-# ORPO's run (~100 s) is in `make test-slow`; `make test` trains ORPO for 2 steps below.
-@pytest.mark.parametrize("runner,method,rl_beta", [
-    (run_dpo, "dpo", 0.1), pytest.param(run_orpo, "orpo", 1.0, marks=pytest.mark.slow),
-])
+# Both quality runs (~100 s each) are in `make test-slow`; `make test` trains DPO and ORPO for 2 steps.
+@pytest.mark.slow
+@pytest.mark.parametrize("runner,method,rl_beta", [(run_dpo, "dpo", 0.1), (run_orpo, "orpo", 1.0)])
 def test_preference_training_raises_preference_accuracy(tiny_recipe, runner, method, rl_beta):
     recipe = tiny_recipe(method, datasets=[{"path": "demo:units"}], max_steps=15, micro_batch_size=4,
                          learning_rate=5e-4, rl_beta=rl_beta, eval_samples=20)
