@@ -11,7 +11,7 @@ app = typer.Typer(help="Finetune, optimize, serve, bench and deploy LLMs.", no_a
 models_app = typer.Typer(help="Import, list and inspect models.", no_args_is_help=True)
 finetune_app = typer.Typer(help="Train adapters from YAML recipes (SFT, DPO, ORPO, reward, classify) and evaluate them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-optimize_app = typer.Typer(help="Merge adapters, quantize, distill draft models, estimate memory.", no_args_is_help=True)
+optimize_app = typer.Typer(help="Merge adapters, quantize, distill draft models, export GGUF, estimate memory.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(optimize_app, name="optimize")
 bench_app = typer.Typer(help="Measure server settings side by side, report, and gate regressions.", no_args_is_help=True)
@@ -459,6 +459,30 @@ def optimize_quantize(
     if scheme not in ("w4a16", "w8a8"):
         fail(f"--scheme must be w4a16 or w8a8, got {scheme}")
     _print_manifest_metrics(_optimize(run_quantize, model, out, scheme, calibration, samples, eval_samples, overwrite))
+
+
+@optimize_app.command("export")
+def optimize_export(
+    out: Annotated[str, typer.Option(help="Output directory: model.gguf, Modelfile, tuneserve.json.")],
+    model: Annotated[str | None, typer.Option(help="Model to export, e.g. a merged adapter (default smollm2-135m-instruct).")] = None,
+    format: Annotated[str, typer.Option("--format", help="gguf (llama.cpp, Ollama, LM Studio).")] = "gguf",
+    type: Annotated[str, typer.Option("--type", help="f16, bf16, q8_0 or f32.")] = "f16",
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Load the file back with transformers and compare with the source.")] = True,
+    overwrite: Overwrite = False,
+):
+    """Export to GGUF with an Ollama Modelfile, then load it back and report parity with the source.
+
+    Example: tuneserve optimize merge --adapter examples/adapters/dates --out runs/dates-merged
+             tuneserve optimize export --model runs/dates-merged --out runs/dates-gguf --type q8_0
+             ollama create dates -f runs/dates-gguf/Modelfile
+    """
+    from tuneserve.optimize.export import run_export
+
+    if format != "gguf":
+        fail(f"--format must be gguf, got {format}")
+    if type not in ("f16", "bf16", "q8_0", "f32"):
+        fail(f"--type must be f16, bf16, q8_0 or f32, got {type}")
+    _print_manifest_metrics(_optimize(run_export, model or "smollm2-135m-instruct", out, type, overwrite, check))
 
 
 @optimize_app.command("distill")

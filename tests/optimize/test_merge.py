@@ -31,6 +31,7 @@ def test_lora_merge_matches_base_plus_adapter(tmp_path):
     assert read_manifest(out).recipe["merge"]["mode"] == "original"
 
 
+@pytest.mark.slow  # ~60 s: in make test-slow (make test keeps QLoRA training and the LoRA merge)
 def test_qlora_merge_dequantizes_the_4bit_base_first(tmp_path):
     recipe = Recipe(
         adapter="qlora", datasets=[{"path": "demo:dates"}], lora_r=8, lora_target_modules=["q_proj", "v_proj"],
