@@ -77,16 +77,23 @@ async def create_battle(body: BattleRequest, raw: Request):
         raise BadRequestError("the arena needs at least two models: load an adapter (or allow this key another model)")
     else:
         pair = random.sample(allowed, 2)
+    if tenant is not None:
+        tenant.admit()  # a battle counts as one request against requests_per_minute
     answers = await asyncio.gather(*(_answer(raw, tenant, name, body) for name in pair))
     battle_id = store.create(body.messages, pair[0], pair[1], answers[0], answers[1], tenant.name if tenant else None)
     return JSONResponse({"id": battle_id, "object": "arena.battle", "answers": {"a": answers[0], "b": answers[1]}})
 
 
 async def _answer(raw: Request, tenant, model: str, body: BattleRequest) -> str:
-    """One model's answer, through the same admission, guards and serving as /v1/chat/completions."""
+    """One model's answer, through the same admission, token limits, guards and serving as
+    /v1/chat/completions."""
+    from tuneserve.server.inference import finish_request, reserve_tokens
+
     state = raw.app.state
     request = ChatCompletionRequest(model=model, messages=body.messages, max_tokens=body.max_tokens, temperature=body.temperature)
     stats = RequestStats(model=state.serving.model.names[0], owner=tenant.name if tenant else None)
+    if tenant is not None:
+        stats.reserve_tokens = lambda n: reserve_tokens(stats, tenant, n)
     status = 500
     state.admission.admit()
     try:
@@ -104,7 +111,7 @@ async def _answer(raw: Request, tenant, model: str, body: BattleRequest) -> str:
         status = status_of(exc)
         raise
     finally:
-        stats.record(status)
+        finish_request(stats, tenant, status)
         state.admission.release()
 
 

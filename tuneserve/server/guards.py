@@ -22,6 +22,7 @@ request with the input defaults (threshold 0.5, block). Blocks and flags are cou
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -135,7 +136,7 @@ class OutputChecker:
 
     async def wrap(self, chunks: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
         seen = ""
-        async with _closing(chunks):
+        async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 seen += "".join(_strings(chunk.model_dump(mode="json"), keys=("content", "text", "delta")))
                 if self.spec.action == "block" and self.leak(seen):
@@ -158,12 +159,6 @@ def _needles(secret: str) -> list[str]:
     if len(folded) <= LEAK_WINDOW:
         return [folded]
     return [folded[i:i + LEAK_WINDOW] for i in range(0, len(folded) - LEAK_WINDOW + 1, 8)]
-
-
-def _closing(chunks: AsyncIterator):
-    import contextlib
-
-    return contextlib.aclosing(chunks)
 
 
 def _strings(value: Any, keys: tuple[str, ...] = ("content", "text")) -> list[str]:

@@ -30,7 +30,7 @@ async def run_inference(raw: Request, body: Any, endpoint: Any) -> Response:
         if tenant is not None:
             tenant.require_model(body.model)
             tenant.admit()
-            stats.reserve_tokens = lambda n: _reserve(stats, tenant, n)
+            stats.reserve_tokens = lambda n: reserve_tokens(stats, tenant, n)
         state.admission.admit()
         stack.callback(state.admission.release)
         guards, headers, leaks = state.guards, {}, None
@@ -57,7 +57,7 @@ async def run_inference(raw: Request, body: Any, endpoint: Any) -> Response:
         raise
     finally:
         if stack is not None:
-            _finish(stats, tenant, status)
+            finish_request(stats, tenant, status)
             await stack.aclose()
 
 
@@ -80,15 +80,15 @@ async def _stream(chunks: AsyncIterator, deadline: float | None, stack, stats: R
         # and the adapter hold are released (left to the garbage collector, it would come later).
         with contextlib.suppress(Exception):
             await events.aclose()
-        _finish(stats, tenant, status)
+        finish_request(stats, tenant, status)
         await stack.aclose()
 
 
-def _reserve(stats: RequestStats, tenant, num_tokens: int) -> None:
+def reserve_tokens(stats: RequestStats, tenant, num_tokens: int) -> None:
     stats.num_reserved_tokens += tenant.reserve_tokens(num_tokens)
 
 
-def _finish(stats: RequestStats, tenant, status: int) -> None:
+def finish_request(stats: RequestStats, tenant, status: int) -> None:
     stats.record(status)
     if tenant is not None:
         tenant.settle_tokens(stats.num_reserved_tokens, stats.num_prompt_tokens + stats.num_completion_tokens)
