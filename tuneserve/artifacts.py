@@ -17,7 +17,7 @@ from tuneserve import __version__
 
 MANIFEST_NAME = "tuneserve.json"
 
-ArtifactKind = Literal["model", "adapter", "reward-model", "classifier", "quantized-model", "student", "gguf", "bench-result"]
+ArtifactKind = Literal["model", "adapter", "reward-model", "classifier", "quantized-model", "pruned-model", "student", "gguf", "bench-result"]
 
 
 class Manifest(BaseModel):

@@ -11,7 +11,7 @@ app = typer.Typer(help="Finetune, optimize, serve, bench and deploy LLMs.", no_a
 models_app = typer.Typer(help="Import, list and inspect models.", no_args_is_help=True)
 finetune_app = typer.Typer(help="Train adapters from YAML recipes (SFT, DPO, ORPO, reward, classify) and evaluate them.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-optimize_app = typer.Typer(help="Merge adapters, quantize, distill draft models, export GGUF, estimate memory.", no_args_is_help=True)
+optimize_app = typer.Typer(help="Merge adapters, quantize, prune, distill draft models, export GGUF, estimate memory.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(optimize_app, name="optimize")
 bench_app = typer.Typer(help="Measure server settings side by side, report, and gate regressions.", no_args_is_help=True)
@@ -225,6 +225,8 @@ FINETUNE_HELP = {
     "orpo": ("Odds-ratio preference optimization (no reference model).", "orpo-demo.yaml"),
     "reward": ("Reward model (one-logit head + LoRA) on preference data.", "reward-demo.yaml"),
     "classify": ("Sequence-classification LoRA (PEFT SEQ_CLS) on text/label data, e.g. the prompt-injection guard.", "classify-guard.yaml"),
+    "grpo": ("GRPO: sample answers to prompts, reward them (exact check or a reward model), optimize; from the base or an SFT adapter.",
+             "grpo-extract.yaml"),
 }
 
 
@@ -459,6 +461,28 @@ def optimize_quantize(
     if scheme not in ("w4a16", "w8a8"):
         fail(f"--scheme must be w4a16 or w8a8, got {scheme}")
     _print_manifest_metrics(_optimize(run_quantize, model, out, scheme, calibration, samples, eval_samples, overwrite))
+
+
+@optimize_app.command("prune")
+def optimize_prune(
+    out: Annotated[str, typer.Option(help="Output directory (a model vLLM serves).")],
+    model: Annotated[str | None, typer.Option(help="Model reference (default smollm2-135m-instruct).")] = None,
+    structure: Annotated[str, typer.Option(help="N:M (2:4: two of every four weights zero) or unstructured.")] = "2:4",
+    sparsity: Annotated[float | None, typer.Option(help="Fraction of weights to zero (unstructured; N:M implies N/M).")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Then quantize: w4a16 or w8a8 (rounding, which keeps the zeros).")] = None,
+    calibration: Annotated[str, typer.Option(help="Demo task (all, dates, ...) or a JSONL file.")] = "all",
+    samples: Annotated[int, typer.Option(help="Calibration samples.")] = 128,
+    eval_samples: Annotated[int, typer.Option(help="Held-out demo samples per task for before/after quality (0: skip).")] = 50,
+    overwrite: Overwrite = False,
+):
+    """Prune with SparseGPT (llm-compressor); report the zeros written, size, perplexity and demo accuracy.
+
+    Example: tuneserve optimize prune --structure 2:4 --out runs/smollm2-2of4
+             tuneserve optimize prune --structure unstructured --sparsity 0.3 --quantize w4a16 --out runs/smollm2-s30-w4a16
+    """
+    from tuneserve.optimize import run_prune
+
+    _print_manifest_metrics(_optimize(run_prune, model, out, structure, sparsity, quantize, calibration, samples, eval_samples, overwrite))
 
 
 @optimize_app.command("export")

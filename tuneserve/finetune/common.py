@@ -211,6 +211,10 @@ def fit(run: Run, trainer: Any, resume: bool) -> None:
         "seconds_per_step": round(result.metrics["train_runtime"] / max(1, trainer.state.global_step - (resumed_from or 0)), 3),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
+    for key in ("reward", "kl"):  # GRPO logs the mean reward of its samples and the KL to the reference
+        series = [[log["step"], round(log[key], 5)] for log in trainer.state.log_history if key in log]
+        if series:
+            run.metrics[f"{key}_history"] = series
     eval_logs = [log for log in trainer.state.log_history if "eval_loss" in log]
     if eval_logs:
         run.metrics["eval_loss"] = eval_logs[-1]["eval_loss"]
@@ -224,7 +228,7 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False,
     r = run.recipe
     with atomic_artifact(r.output_dir, overwrite=overwrite) as tmp:
         if r.is_peft:  # adapter_config.json + adapter_model.safetensors, as vLLM and PEFT load them
-            trainer.model.save_pretrained(str(tmp))
+            trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])  # not GRPO's frozen "ref" copy
         else:
             trainer.save_model(str(tmp))
             trainer.processing_class.save_pretrained(str(tmp))
@@ -241,8 +245,9 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False,
     return Path(r.output_dir)
 
 
-def demo_eval(run: Run, model_or_adapter: Path | None = None) -> dict | None:
-    """Held-out demo scores of the base (None), an adapter dir, or a full model dir."""
+def demo_eval(run: Run, model_or_adapter: Path | None = None, score_outputs=None) -> dict | None:
+    """Held-out demo scores of the base (None), an adapter dir, or a full model dir
+    (`score_outputs(samples, greedy_outputs)` adds scores of its own)."""
     from tuneserve.data import task_names
     from tuneserve.evals import evaluate, load_eval_samples
 
@@ -252,8 +257,8 @@ def demo_eval(run: Run, model_or_adapter: Path | None = None) -> dict | None:
         return None
     samples = [s for t in tasks for s in load_eval_samples(t, num_samples=r.eval_samples)]
     if model_or_adapter is not None and not r.is_peft:
-        return evaluate(model_or_adapter, samples)
-    return evaluate(run.model_dir, samples, adapter_dir=model_or_adapter)
+        return evaluate(model_or_adapter, samples, score_outputs=score_outputs)
+    return evaluate(run.model_dir, samples, adapter_dir=model_or_adapter, score_outputs=score_outputs)
 
 
 def record_eval(run: Run, out: Path, before: dict | None, after: dict | None) -> None:

@@ -12,6 +12,8 @@ def load_rows(recipe: Recipe) -> tuple[list[dict], dict[str, str]]:
     rows, hashes = [], {}
     for spec in recipe.datasets:
         spec_rows = demo_rows(spec, recipe.method) if spec.is_demo else file_rows(spec)
+        if recipe.method == "grpo" and not spec.is_demo:  # GRPO samples its own answers; the file's are the references
+            spec_rows = [{"prompt": row["prompt"], "answer": row["completion"][-1]["content"]} for row in spec_rows]
         if not spec_rows:
             raise DataError(f"{spec.path}: the dataset is empty")
         hashes[spec.path] = hashlib.sha256(json.dumps(spec_rows, sort_keys=True).encode()).hexdigest()
@@ -49,6 +51,8 @@ def demo_rows(spec: DatasetSpec, method: str) -> list[dict]:
     except ValueError as e:
         raise DataError(str(e)) from None
     samples = [s for task in tasks for s in demo_samples(task, "train")]
+    if method == "grpo":
+        return [{"prompt": user(s.prompt), "answer": s.answer} for s in samples]
     if method in PREFERENCE_METHODS:
         return [{"prompt": user(s.prompt), "chosen": assistant(s.answer), "rejected": assistant(s.wrong)} for s in samples]
     return [{"prompt": user(s.prompt), "completion": assistant(s.answer)} for s in samples]

@@ -8,14 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tuneserve.data import DatasetSpec
 from tuneserve.models.aliases import DEFAULT_MODEL
 
-Method = Literal["sft", "dpo", "orpo", "reward", "classify"]
+Method = Literal["sft", "dpo", "orpo", "reward", "classify", "grpo"]
 PREFERENCE_METHODS = ("dpo", "orpo", "reward")
 class Recipe(BaseModel):
     """Everything a training run needs. Each field is also a `--set key=value` override."""
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = Field("sft", description="sft, dpo, orpo, reward or classify (set by the subcommand).")
+    method: Method = Field("sft", description="sft, dpo, orpo, reward, classify or grpo (set by the subcommand).")
     base_model: str = Field(DEFAULT_MODEL, description="Any model reference tuneserve resolves.")
     adapter: Literal["qlora", "lora", "full"] = Field("lora", description="qlora: LoRA on a 4-bit base; full: every weight.")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA 4-bit data type.")
@@ -55,7 +55,18 @@ class Recipe(BaseModel):
         0.0, ge=0, lt=1, description="sft: this fraction of the training rows comes from the general suite's train split "
         "(facts and instructions), against forgetting. `tuneserve eval forgetting` measures the effect.",
     )
-    rl_beta: float = Field(0.1, gt=0, description="DPO beta / ORPO lambda.")
+    rl_beta: float = Field(0.1, gt=0, description="DPO beta / ORPO lambda / GRPO's KL coefficient.")
+    init_adapter: str | None = Field(
+        None, description="grpo: the adapter to continue (an SFT adapter of base_model); it is also the KL reference. "
+        "Default: a new LoRA on the base.",
+    )
+    reward: str = Field(
+        "exact", description="grpo: exact (1 when a sampled answer is the reference answer, else 0) or the directory "
+        "of a reward model from `tuneserve finetune reward`.",
+    )
+    num_generations: int = Field(8, ge=2, description="grpo: answers sampled per prompt (the group advantages compare).")
+    max_completion_length: int = Field(48, ge=1, description="grpo: tokens per sampled answer at most.")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of the answers.")
     seed: int = Field(42, description="Seed for data order, dropout and the validation split.")
     logging_steps: int = Field(5, ge=1, description="Log every N steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (for --resume).")
@@ -73,6 +84,8 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _fits_method(self):
         preference = self.method in PREFERENCE_METHODS
+        if self.method == "grpo":
+            self._fits_grpo()
         for spec in self.datasets:
             if (self.method == "classify") != (spec.type == "classification" or spec.path == "demo:guard"):
                 raise ValueError(
@@ -90,6 +103,26 @@ class Recipe(BaseModel):
         if self.labels is not None and (self.method != "classify" or len(set(self.labels)) != len(self.labels) or len(self.labels) < 2):
             raise ValueError("labels: give at least two distinct names, and only for classify")
         return self
+
+    def _fits_grpo(self) -> None:
+        for spec in self.datasets:
+            if spec.type not in (None, "alpaca", "messages") or spec.path == "demo:guard":
+                raise ValueError(f"grpo needs prompts with reference answers (demo tasks, alpaca or messages); {spec.path} is {spec.type or 'classification'}")
+        if self.micro_batch_size % self.num_generations:
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must be a multiple of num_generations ({self.num_generations}): "
+                             "each step samples num_generations answers for micro_batch_size / num_generations prompts")
+        if self.init_adapter is not None:
+            from tuneserve.models import ModelError
+            from tuneserve.models.identity import read_adapter_config
+
+            if self.adapter != "lora":
+                raise ValueError("init_adapter continues a LoRA adapter: use adapter: lora")
+            try:
+                read_adapter_config(Path(self.init_adapter))
+            except ModelError as e:
+                raise ValueError(f"init_adapter: {e}") from None
+        if self.reward != "exact" and not (Path(self.reward) / "tuneserve.json").is_file():
+            raise ValueError(f"reward must be exact or a reward model directory from `tuneserve finetune reward`; {self.reward} is neither")
 
     @property
     def is_peft(self) -> bool:

@@ -93,24 +93,11 @@ def run_quantize(
     overwrite: bool = False,
 ) -> Path:
     """`tuneserve optimize quantize`: quantize, evaluate before/after, write the artifact."""
-    from tuneserve.artifacts import refuse_existing
-    from tuneserve.models import model_facts, resolve_model
     from tuneserve.models.identity import base_identity
 
-    if samples < MIN_CALIBRATION_SAMPLES:
-        raise OptimizeError(f"--samples {samples}: too few calibration samples (at least {MIN_CALIBRATION_SAMPLES})")
-    refuse_existing(out, overwrite)
-    model_dir = resolve_model(model)
-    facts = model_facts(model_dir)
-    group_size = group_size_for(facts) if scheme == "w4a16" else None
-    texts = calibration_texts(model_dir, calibration, samples)
-    python = quantize_python()
-    if not python.exists():
-        raise OptimizeError(f"no llm-compressor environment at {python}: run `make quantize-env` (or set {QUANTIZE_PYTHON_ENV})")
-    with atomic_artifact(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory() as work:
-        calibration_file = Path(work) / "calibration.jsonl"
-        calibration_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        _run_worker(python, model_dir, tmp, scheme, calibration_file, len(texts), group_size)
+    model_dir, group_size, texts, python = prepare_compression(model, out, scheme, calibration, samples, overwrite)
+    with atomic_artifact(out, overwrite=overwrite) as tmp:
+        run_worker(python, model_dir, tmp, scheme, texts, group_size)
         metrics = _quality_and_size(model_dir, tmp, eval_samples)
         write_manifest(tmp, Manifest(
             kind="quantized-model",
@@ -122,22 +109,44 @@ def run_quantize(
     return Path(out)
 
 
-def _run_worker(python: Path, model_dir: Path, out: Path, scheme: str, calibration: Path, samples: int, group_size: int | None) -> None:
-    """Run llm-compressor in its environment; its progress bars pass through to our stderr."""
+def prepare_compression(model: str | None, out: str, scheme: str | None, calibration: str, samples: int, overwrite: bool):
+    """What quantize and prune check before the worker starts: the model, output, calibration texts
+    and the llm-compressor environment. Returns (model_dir, W4A16 group size, texts, python)."""
+    from tuneserve.artifacts import refuse_existing
+    from tuneserve.models import model_facts, resolve_model
+
+    if samples < MIN_CALIBRATION_SAMPLES:
+        raise OptimizeError(f"--samples {samples}: too few calibration samples (at least {MIN_CALIBRATION_SAMPLES})")
+    refuse_existing(out, overwrite)
+    model_dir = resolve_model(model)
+    group_size = group_size_for(model_facts(model_dir)) if scheme == "w4a16" else None
+    texts = calibration_texts(model_dir, calibration, samples)
+    python = quantize_python()
+    if not python.exists():
+        raise OptimizeError(f"no llm-compressor environment at {python}: run `make quantize-env` (or set {QUANTIZE_PYTHON_ENV})")
+    return model_dir, group_size, texts, python
+
+
+def run_worker(python: Path, model_dir: Path, out: Path, scheme: str, texts: list[str], group_size: int | None,
+               *extra: str) -> None:
+    """Run llm-compressor on `texts` in its environment; its progress bars pass through to our stderr."""
     import codecs
     from collections import deque
 
-    cmd = [str(python), "-m", "tuneserve.optimize.quantize_worker", "--model", str(model_dir), "--out", str(out),
-           "--scheme", scheme, "--calibration", str(calibration), "--samples", str(samples)]
-    if group_size:
-        cmd += ["--group-size", str(group_size)]
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), deque(maxlen=300)
-    for chunk in iter(lambda: process.stderr.read1(4096), b""):
-        text = decoder.decode(chunk)
-        sys.stderr.write(text)
-        sys.stderr.flush()
-        tail.append(text)
+    with tempfile.TemporaryDirectory() as work:
+        calibration = Path(work) / "calibration.jsonl"
+        calibration.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        cmd = [str(python), "-m", "tuneserve.optimize.quantize_worker", "--model", str(model_dir), "--out", str(out),
+               "--scheme", scheme, "--calibration", str(calibration), "--samples", str(len(texts)), *extra]
+        if group_size:
+            cmd += ["--group-size", str(group_size)]
+        process = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        decoder, tail = codecs.getincrementaldecoder("utf-8")(errors="replace"), deque(maxlen=300)
+        for chunk in iter(lambda: process.stderr.read1(4096), b""):
+            text = decoder.decode(chunk)
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            tail.append(text)
     if process.wait() != 0:
         raise OptimizeError(f"llm-compressor failed (exit {process.returncode}):\n{''.join(tail)[-3000:]}")
 
