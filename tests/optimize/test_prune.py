@@ -69,10 +69,10 @@ def test_pruned_model_is_served_by_tuneserve_serve(pruned_2of4, tmp_path):
     from tuneserve.models import resolve_model
 
     dense = transformers_greedy(resolve_model(None), PROMPTS, 16)
-    same = sum(a.strip() == b.strip() for a, b in zip(served, reference))
-    print(f"served pruned == transformers pruned on {same} of {len(PROMPTS)}:", list(zip(served, reference)))
+    same = sum(a.strip() == b.strip() for a, b in zip(served, reference, strict=True))
+    print(f"served pruned == transformers pruned on {same} of {len(PROMPTS)}:", list(zip(served, reference, strict=True)))
     assert same >= len(PROMPTS) - 2  # bf16 rounding differs between the two; a near-tie may go either way
-    assert sum(a.strip() == b.strip() for a, b in zip(served, dense)) <= 2
+    assert sum(a.strip() == b.strip() for a, b in zip(served, dense, strict=True)) <= 2
 
 
 @pytest.mark.slow

@@ -55,7 +55,7 @@ def reward_function(reward: str):
     judge = RewardJudge(reward)
 
     def reward_model(prompts, completions, **_):
-        return [judge.score(prompt, completion[0]["content"]) for prompt, completion in zip(prompts, completions)]
+        return [judge.score(prompt, completion[0]["content"]) for prompt, completion in zip(prompts, completions, strict=True)]
 
     reward_model.__name__ = "reward_model"  # TRL logs each reward under its function's name
     return reward_model
@@ -65,7 +65,7 @@ def exact_reward(prompts, completions, answer, **_) -> list[float]:
     """1.0 where the completion is the reference answer (JSON answers compared by content), else 0.0."""
     from tuneserve.evals.scoring import is_exact_match
 
-    return [float(is_exact_match(completion[0]["content"], ref)) for completion, ref in zip(completions, answer)]
+    return [float(is_exact_match(completion[0]["content"], ref)) for completion, ref in zip(completions, answer, strict=True)]
 
 
 def held_out_reward(run: Run, adapter_dir: Path | None) -> dict | None:
