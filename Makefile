@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-lora bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -63,10 +63,22 @@ runs/smollm2-w8a8/tuneserve.json: | setup
 	$(TS) optimize quantize --scheme w8a8 --out runs/smollm2-w8a8 --overwrite
 runs/draft/tuneserve.json: | setup
 	$(TS) optimize distill --student-layers 8 --steps 150 --eval-samples 0 --out runs/draft --overwrite
+runs/dates-2of4/tuneserve.json: runs/dates-merged/tuneserve.json
+	$(TS) optimize prune --model runs/dates-merged --structure 2:4 --out runs/dates-2of4 --overwrite
+runs/dates-s50/tuneserve.json: runs/dates-merged/tuneserve.json
+	$(TS) optimize prune --model runs/dates-merged --structure unstructured --sparsity 0.5 --out runs/dates-s50 --overwrite
+runs/dates-s25/tuneserve.json: runs/dates-merged/tuneserve.json
+	$(TS) optimize prune --model runs/dates-merged --structure unstructured --sparsity 0.25 --out runs/dates-s25 --overwrite
+runs/dates-2of4-w4a16/tuneserve.json: runs/dates-merged/tuneserve.json
+	$(TS) optimize prune --model runs/dates-merged --structure 2:4 --quantize w4a16 --out runs/dates-2of4-w4a16 --overwrite
+runs/dates-w4a16/tuneserve.json: runs/dates-merged/tuneserve.json
+	$(TS) optimize quantize --model runs/dates-merged --scheme w4a16 --out runs/dates-w4a16 --overwrite
 
 # Bench matrices (examples/bench/); results and reports go to docs/bench/<name>/.
 bench-cpu: runs/dates-merged/tuneserve.json runs/smollm2-w4a16/tuneserve.json runs/smollm2-w8a8/tuneserve.json runs/draft/tuneserve.json
 	$(TS) bench run examples/bench/cpu.yaml --out docs/bench/cpu --overwrite
+bench-prune: runs/dates-2of4/tuneserve.json runs/dates-s50/tuneserve.json runs/dates-s25/tuneserve.json runs/dates-2of4-w4a16/tuneserve.json runs/dates-w4a16/tuneserve.json
+	$(TS) bench run examples/bench/prune.yaml --out docs/bench/prune --overwrite
 bench-lora: setup
 	$(TS) bench run examples/bench/lora.yaml --out docs/bench/lora --overwrite
 bench-speculative: runs/draft/tuneserve.json

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneserve.artifacts import read_manifest
-from tuneserve.finetune import run_grpo, run_sft
+from tuneserve.finetune import DataError, run_grpo, run_sft
 from tuneserve.finetune.grpo import exact_reward
 from tuneserve.finetune.recipe import Recipe
 
@@ -23,10 +23,14 @@ def test_grpo_recipes_are_checked_before_a_model_loads(tiny_recipe, tmp_path):
         tiny_recipe("grpo", micro_batch_size=6, num_generations=4)
     with pytest.raises(ValueError, match="grpo needs prompts with reference answers"):
         tiny_recipe("grpo", datasets=[{"path": "pairs.jsonl", "type": "preference"}], micro_batch_size=8, num_generations=4)
-    with pytest.raises(ValueError, match="init_adapter"):
-        tiny_recipe("grpo", init_adapter=str(tmp_path), micro_batch_size=8, num_generations=4)
-    with pytest.raises(ValueError, match="reward must be exact or a reward model"):
-        tiny_recipe("grpo", reward=str(tmp_path), micro_batch_size=8, num_generations=4)
+    with pytest.raises(ValueError, match="init_adapter continues a LoRA adapter"):
+        tiny_recipe("grpo", adapter="qlora", init_adapter=str(tmp_path), micro_batch_size=8, num_generations=4)
+    # Directories are checked when the run starts, still before a model loads.
+    with pytest.raises(DataError, match="init_adapter"):
+        run_grpo(tiny_recipe("grpo", init_adapter=str(tmp_path), micro_batch_size=8, num_generations=4))
+    with pytest.raises(DataError, match="is not a reward model"):
+        run_grpo(tiny_recipe("grpo", reward="examples/adapters/dates", micro_batch_size=8, num_generations=4))
+    assert not (tmp_path / "grpo-adapter").exists()
 
 
 @pytest.fixture(scope="module")

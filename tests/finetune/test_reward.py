@@ -1,4 +1,4 @@
-"""A reward model learns to score chosen above rejected on held-out pairs."""
+"""A reward model learns to score chosen above rejected on held-out pairs, then judges and rewards with it."""
 
 from tuneserve.artifacts import read_manifest
 from tuneserve.finetune import run_reward
@@ -29,3 +29,12 @@ def test_reward_model_beats_chance_on_held_out_pairs(tiny_recipe):
     right = verdicts[:20].count("a") + verdicts[20:].count("b")
     print(f"reward judge picks the right answer in {right} of 40 battles")
     assert right >= 30
+
+    # And as GRPO's reward: one step on its prompts, each sampled answer scored by the reward model.
+    from tuneserve.finetune import run_grpo
+
+    grpo = run_grpo(tiny_recipe("grpo", reward=str(out), num_generations=2, micro_batch_size=4, max_completion_length=12,
+                                max_steps=1, output_dir=str(out.parent / "grpo")))
+    rewards = [value for _, value in read_manifest(grpo).metrics["reward_history"]]
+    print("GRPO on the reward model: mean reward of the sampled answers", rewards)
+    assert len(rewards) == 1 and rewards[0] not in (0.0, 1.0)  # a score, not the exact check's 0/1

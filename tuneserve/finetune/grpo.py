@@ -17,7 +17,27 @@ from tuneserve.finetune.recipe import Recipe
 
 
 def run_grpo(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
+    check_inputs(recipe)
     return train_and_save(recipe, grpo_trainer, resume, overwrite, evaluate=held_out_reward, launch=launch)
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """The directories the recipe names exist and are what they should be (before a model loads)."""
+    from tuneserve.data import DataError
+    from tuneserve.models import ModelError
+    from tuneserve.models.identity import read_adapter_config
+
+    if recipe.init_adapter is not None:
+        try:
+            read_adapter_config(Path(recipe.init_adapter))
+        except ModelError as e:
+            raise DataError(f"init_adapter: {e}") from None
+    if recipe.reward != "exact":
+        from tuneserve.artifacts import read_manifest
+
+        manifest = read_manifest(recipe.reward)
+        if manifest is None or manifest.kind != "reward-model":
+            raise DataError(f"reward: {recipe.reward} is not a reward model from `tuneserve finetune reward` (or use exact)")
 
 
 def grpo_trainer(run: Run):

@@ -111,18 +111,8 @@ class Recipe(BaseModel):
         if self.micro_batch_size % self.num_generations:
             raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must be a multiple of num_generations ({self.num_generations}): "
                              "each step samples num_generations answers for micro_batch_size / num_generations prompts")
-        if self.init_adapter is not None:
-            from tuneserve.models import ModelError
-            from tuneserve.models.identity import read_adapter_config
-
-            if self.adapter != "lora":
-                raise ValueError("init_adapter continues a LoRA adapter: use adapter: lora")
-            try:
-                read_adapter_config(Path(self.init_adapter))
-            except ModelError as e:
-                raise ValueError(f"init_adapter: {e}") from None
-        if self.reward != "exact" and not (Path(self.reward) / "tuneserve.json").is_file():
-            raise ValueError(f"reward must be exact or a reward model directory from `tuneserve finetune reward`; {self.reward} is neither")
+        if self.init_adapter is not None and self.adapter != "lora":
+            raise ValueError("init_adapter continues a LoRA adapter: use adapter: lora")
 
     @property
     def is_peft(self) -> bool:
