@@ -57,8 +57,8 @@ class Recipe(BaseModel):
     )
     rl_beta: float = Field(0.1, gt=0, description="DPO beta / ORPO lambda / GRPO's KL coefficient.")
     init_adapter: str | None = Field(
-        None, description="grpo: the adapter to continue (an SFT adapter of base_model); it is also the KL reference. "
-        "Default: a new LoRA on the base.",
+        None, description="grpo: the adapter to continue (an SFT adapter of base_model; its rank and target modules, "
+        "not the lora_* keys, apply); a frozen copy of it is the KL reference. Default: a new LoRA on the base.",
     )
     reward: str = Field(
         "exact", description="grpo: exact (1 when a sampled answer is the reference answer, else 0) or the directory "
