@@ -39,40 +39,51 @@ PROMPTS = ["What is the capital of France?", "How many days are in a week?", "Na
            "Rewrite the date 3 May 1999 in ISO format (YYYY-MM-DD). Answer with the date only."]
 
 
-def transformers_greedy(model_dir, prompts: list[str], max_new_tokens: int) -> list[str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+_models: dict = {}  # transformers copies of the models compared, loaded once
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
-    answers = []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-        answers.append(tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
-    return answers
+
+def choice_gaps(model_dir, prompt_ids: list[int], answer_ids: list[int]) -> list[float]:
+    """For each answer token, how far (in log-probability) it is below the best token transformers
+    finds at that position, the answer so far given (0 where it is transformers' own greedy choice)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = _models.setdefault(str(model_dir), AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16))
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + answer_ids])).logits[0, len(prompt_ids) - 1:-1].float()
+    logprobs = logits.log_softmax(-1)
+    chosen = logprobs[torch.arange(len(answer_ids)), torch.tensor(answer_ids)]
+    return (logprobs.max(-1).values - chosen).tolist()
 
 
 def test_pruned_model_is_served_by_tuneserve_serve(pruned_2of4, tmp_path):
-    """vLLM serves the pruned weights themselves: its greedy answers are transformers' on the same
-    directory, and not the dense model's (2:4 pruning of a 135M model loses most general
-    knowledge: "The capital ofFrance is the country of the world.")."""
+    """vLLM serves the pruned weights themselves: every token of its greedy answers is the pruned
+    model's best choice under transformers (up to bf16 near-ties), and many are not the dense
+    model's. Whole answers are not compared: a 2:4-pruned 135M model is unsure of nearly every
+    token ("The capital ofFrance is the country of the world."), so one near-tie taken the other
+    way changes the rest of the answer."""
+    from transformers import AutoTokenizer
+
+    from tuneserve.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(pruned_2of4)
     server = start_server(tmp_path, "--model", str(pruned_2of4))
     try:
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-        served = [client.chat.completions.create(model=str(pruned_2of4), messages=[{"role": "user", "content": p}],
-                                                 temperature=0, max_tokens=16).choices[0].message.content for p in PROMPTS]
+        served = []
+        for prompt in PROMPTS:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
+            choice = client.completions.create(model=str(pruned_2of4), prompt=text, temperature=0, max_tokens=16,
+                                               extra_body={"return_token_ids": True}).model_dump()
+            served.append((choice["choices"][0]["prompt_token_ids"], choice["choices"][0]["token_ids"]))
     finally:
         stop_server(server)
-    reference = transformers_greedy(pruned_2of4, PROMPTS, 16)
-    from tuneserve.models import resolve_model
-
-    dense = transformers_greedy(resolve_model(None), PROMPTS, 16)
-    same = sum(a.strip() == b.strip() for a, b in zip(served, reference, strict=True))
-    print(f"served pruned == transformers pruned on {same} of {len(PROMPTS)}:", list(zip(served, reference, strict=True)))
-    assert same >= len(PROMPTS) - 2  # bf16 rounding differs between the two; a near-tie may go either way
-    assert sum(a.strip() == b.strip() for a, b in zip(served, dense, strict=True)) <= 2
+    pruned_gaps = [g for prompt_ids, ids in served for g in choice_gaps(pruned_2of4, prompt_ids, ids)]
+    dense_gaps = [g for prompt_ids, ids in served for g in choice_gaps(resolve_model(None), prompt_ids, ids)]
+    print(f"{len(pruned_gaps)} served tokens; below the pruned model's best: max {max(pruned_gaps):.3f}; "
+          f"below the dense model's best by more than 1: {sum(g > 1 for g in dense_gaps)}")
+    assert max(pruned_gaps) < 0.5  # bf16 rounding differs between vLLM and transformers by far less
+    assert sum(g > 1 for g in dense_gaps) >= len(dense_gaps) // 4  # the dense model would not have said this
 
 
 @pytest.mark.slow
