@@ -86,52 +86,7 @@ def models_show(
     console.print(table)
 
 
-@app.command()
-def serve(
-    config: Annotated[Path | None, typer.Option(help="YAML file of serve settings (flags override it).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model reference (default smollm2-135m-instruct).")] = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
-    served_model_name: Annotated[list[str] | None, typer.Option(help="Name clients use; repeatable.")] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context length (prompt + output).")] = None,
-    kv_cache_gib: Annotated[float | None, typer.Option(help="KV cache memory in GiB (CPU default: half the free memory after weights, at most 4).")] = None,
-    gpu_memory_utilization: Annotated[float | None, typer.Option(help="GPU only: fraction of GPU memory for vLLM.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto | bfloat16 | float16 | float32.")] = None,
-    max_num_seqs: Annotated[int | None, typer.Option(help="Most sequences batched per step.")] = None,
-    enforce_eager: Annotated[bool | None, typer.Option("--enforce-eager/--compile", help="Skip or use torch.compile (default: eager on CPU).")] = None,
-    prefix_caching: Annotated[bool | None, typer.Option("--prefix-caching/--no-prefix-caching", help="Prefix caching (default on).")] = None,
-    cpu_threads: Annotated[int | None, typer.Option(help="CPU: engine threads (default: all usable cores), split among ranks.")] = None,
-    tensor_parallel_size: Annotated[int | None, typer.Option(help="Shard each layer over N devices (vLLM tensor parallelism).")] = None,
-    pipeline_parallel_size: Annotated[int | None, typer.Option(help="Split the layers into N stages (pipeline parallelism).")] = None,
-    data_parallel_size: Annotated[int | None, typer.Option(help="N engine replicas behind this server (data parallelism).")] = None,
-    distributed_executor_backend: Annotated[str | None, typer.Option(help="mp | ray | uni: how vLLM starts its ranks (ray for several nodes).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Engine seed.")] = None,
-    max_request_bytes: Annotated[int | None, typer.Option(help="Largest request body (413 above).")] = None,
-    adapters: Annotated[list[str] | None, typer.Option("--adapter", help="Load an adapter at start: NAME=PATH (repeatable).")] = None,
-    adapter_roots: Annotated[list[str] | None, typer.Option("--adapter-root", help="Directory the admin API may load adapters from (repeatable).")] = None,
-    adapters_file: Annotated[str | None, typer.Option(help="YAML file of adapters (name -> path) kept loaded as declared; reloaded when it changes.")] = None,
-    adapters_file_poll_s: Annotated[float | None, typer.Option(help="How often --adapters-file is checked (default 2 s).")] = None,
-    enable_lora: Annotated[bool | None, typer.Option("--enable-lora/--no-enable-lora", help="LoRA support (default: on with --adapter/--adapter-root/--adapters-file).")] = None,
-    max_loras: Annotated[int | None, typer.Option(help="Adapters active in one engine step (default 4).")] = None,
-    max_lora_rank: Annotated[int | None, typer.Option(help="Largest adapter rank: 1, 8, 16, 32, 64, ... (default 16).")] = None,
-    max_cpu_loras: Annotated[int | None, typer.Option(help="Adapters cached in the engine.")] = None,
-    lora_kernels: Annotated[str | None, typer.Option(help="CPU: multi-LoRA ops, tuneserve (grouped GEMMs, default) | vllm.")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Require this bearer key (all scopes).", envvar="TUNESERVE_API_KEY", show_envvar=True)] = None,
-    api_keys: Annotated[str | None, typer.Option(help="YAML file of tenants: keys, scopes, models, limits.")] = None,
-    guard_model: Annotated[str | None, typer.Option(help="Prompt-injection guard: a `finetune classify` adapter (per-tenant settings in --api-keys).")] = None,
-    playground: Annotated[bool | None, typer.Option("--playground/--no-playground", help="Serve the web playground and arena at /playground (default off).")] = None,
-    arena_db: Annotated[str | None, typer.Option(help="SQLite file of arena votes (default $TUNESERVE_HOME/arena.sqlite).")] = None,
-    max_queued_requests: Annotated[int | None, typer.Option(help="Requests in flight beyond this get 503.")] = None,
-    max_tokens_cap: Annotated[int | None, typer.Option(help="Largest max_tokens a request may ask for.")] = None,
-    request_timeout_s: Annotated[float | None, typer.Option(help="Abort requests running longer (504).")] = None,
-    drain_timeout_s: Annotated[float | None, typer.Option(help="SIGTERM grace period for in-flight requests (default 30).")] = None,
-    speculative: Annotated[str | None, typer.Option(help="ngram[:K] or draft:MODEL_REF[:K].")] = None,
-    metrics_auth: Annotated[bool | None, typer.Option("--metrics-auth/--no-metrics-auth", help="Require a key for /metrics and /version.")] = None,
-    chat_template: Annotated[str | None, typer.Option(help="Jinja chat template file replacing the model's own.")] = None,
-    tool_call_parser: Annotated[str | None, typer.Option(help="vLLM tool parser for tool_choice auto (default hermes).")] = None,
-    log_level: Annotated[str | None, typer.Option(help="debug | info | warning | error.")] = None,
-):
-    """Serve a model behind an OpenAI-compatible API (vLLM in-process).
+SERVE_DOC = """Serve a model behind an OpenAI-compatible API (vLLM in-process).
 
     Examples:
       tuneserve serve --model smollm2-135m-instruct --port 8000
@@ -139,23 +94,32 @@ def serve(
       tuneserve serve --adapters-file examples/adapters.yaml
       tuneserve serve --adapter dates=examples/adapters/dates --playground --guard-model examples/adapters/guard
     """
-    overrides = {k: v for k, v in locals().items() if k != "config"}
-    from tuneserve.config import ConfigError, load_config
+
+
+def run_serve(settings) -> None:
     from tuneserve.models import ModelError
-    from tuneserve.server import ServeConfig
     from tuneserve.server import serve as run_server
     from tuneserve.server.startup import StartupError
 
     try:
-        settings = load_config(ServeConfig, config, **overrides)
         exit_code = run_server(settings)
-    except (ConfigError, ModelError, StartupError) as e:
+    except (ModelError, StartupError) as e:
         fail(str(e))
     except Exception as e:  # vLLM's own start-up failures: one line, the traceback only when debugging
         if settings.log_level == "debug":
             raise
         fail(f"the server could not start: {type(e).__name__}: {first_line(e)} (--log-level debug shows the traceback)")
     raise typer.Exit(exit_code)
+
+
+def _serve_command():
+    from tuneserve.options import command_from
+    from tuneserve.server.config import ServeConfig
+
+    app.command("serve")(command_from(ServeConfig, run_serve, SERVE_DOC, fail))
+
+
+_serve_command()
 
 
 def first_line(exc: BaseException) -> str:

@@ -42,7 +42,7 @@ class ServeConfig(BaseModel):
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Most sequences batched per step.")
     enforce_eager: bool | None = Field(
-        None,
+        None, json_schema_extra={"flag": "--enforce-eager/--compile"},
         description="Skip torch.compile. Default: on for CPU (compiled is as correct but only ~3% faster "
         "there and starts ~45-55 s slower; see README, CPU defaults), off on GPU.",
     )
@@ -61,10 +61,10 @@ class ServeConfig(BaseModel):
         None, description="Let requests use LoRA adapters; default: on when --adapter, --adapter-root or --adapters-file is given."
     )
     adapters: dict[str, str] = Field(
-        default_factory=dict, description="Adapters to load at start: NAME=PATH (repeatable)."
+        default_factory=dict, json_schema_extra={"flag": "--adapter"}, description="Adapters to load at start: NAME=PATH (repeatable)."
     )
     adapter_roots: list[str] = Field(
-        default_factory=list, description="Directories adapters may be loaded from at run time (admin API)."
+        default_factory=list, json_schema_extra={"flag": "--adapter-root"}, description="Directories adapters may be loaded from at run time (admin API)."
     )
     adapters_file: str | None = Field(
         None, description="YAML file declaring adapters (name -> path, optional version) that the server loads at "
@@ -81,7 +81,9 @@ class ServeConfig(BaseModel):
     max_request_bytes: int = Field(
         4 << 20, ge=1024, description="Largest accepted request body; larger ones get 413."
     )
-    api_key: str | None = Field(None, min_length=8, description="One key with every scope (the simple case).")
+    api_key: str | None = Field(
+        None, min_length=8, json_schema_extra={"envvar": "TUNESERVE_API_KEY"}, description="One key with every scope (the simple case)."
+    )
     api_keys: str | None = Field(None, description="YAML file of tenants: keys, scopes, allowed models, limits.")
     guard_model: str | None = Field(
         None, description="Input guard: a `tuneserve finetune classify` adapter scoring prompts for injection attacks "
