@@ -19,6 +19,11 @@ GUARDED_KEY = "sk-test-guarded-0001"
 FLAGGED_KEY = "sk-test-flagged-0001"
 CANARY_KEY = "sk-test-canary-0001"
 CANARY = "ZEBRA-7731"
+ADAPTERS_ONLY_KEY = "sk-test-adapters-only-0001"
+RESERVING_KEY = "sk-test-reserving-0001"
+GUARDED_LIMITED_KEY = "sk-test-guarded-limited-0001"
+TOKENIZE_LIMITED_KEY = "sk-test-tokenize-limited-0001"
+PARALLEL_KEY = "sk-test-parallel-0001"
 GUARD_MODEL = EXAMPLES / "adapters" / "guard"
 KEYS_YAML = f"""
 keys:
@@ -50,6 +55,23 @@ keys:
     key: {CANARY_KEY}
     guards:
       output: {{canaries: ["{CANARY}"], system_prompt: true, action: block}}
+  - name: adapters-only
+    key: {ADAPTERS_ONLY_KEY}
+    models: ["dates", "units"]
+  - name: reserving
+    key: {RESERVING_KEY}
+    tokens_per_minute: 100
+  - name: guarded-limited
+    key: {GUARDED_LIMITED_KEY}
+    tokens_per_minute: 1500
+    guards:
+      input: {{threshold: 0.5, action: block}}
+  - name: tokenize-limited
+    key: {TOKENIZE_LIMITED_KEY}
+    requests_per_minute: 2
+  - name: parallel
+    key: {PARALLEL_KEY}
+    max_parallel_requests: 2
 """
 
 

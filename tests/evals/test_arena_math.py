@@ -76,3 +76,19 @@ def test_store_keeps_votes_across_reopening_and_refuses_a_second_vote(tmp_path):
     assert reopened.votes() == [Vote("x", "y", "a"), Vote("y", "x", "tie")]
     assert reopened.votes(judge="exact") == [Vote("y", "x", "tie")]
     assert reopened.get(first)["answer_b"] == "hey"
+
+
+def test_open_battles_are_capped_per_owner_and_expire_unvoted(tmp_path, monkeypatch):
+    from tuneserve.evals import arena
+
+    store = ArenaStore(tmp_path / "arena.sqlite")
+    voted = store.create([], "x", "y", "a", "b", owner="k", max_open_per_owner=3)
+    store.vote(voted, "a")
+    ids = [store.create([], "x", "y", "a", "b", owner="k", max_open_per_owner=3) for _ in range(5)]
+    other = store.create([], "x", "y", "a", "b", owner="other", max_open_per_owner=3)
+    assert [store.get(i) is not None for i in ids] == [False, False, True, True, True]  # the oldest two went
+    assert store.get(voted) is not None and store.get(other) is not None  # votes and other owners' battles stay
+    now = arena.time.time()
+    monkeypatch.setattr(arena.time, "time", lambda: now + arena.OPEN_BATTLE_TTL_S + 1)
+    store.create([], "x", "y", "a", "b", owner="k")
+    assert all(store.get(i) is None for i in ids + [other]) and store.get(voted) is not None

@@ -21,31 +21,37 @@ def engine_core(server) -> psutil.Process:
     return next(p for p in children if p.name().startswith("VLLM::EngineCore"))
 
 
-def health_ok(base_url: str) -> bool:
+def health_status(base_url: str) -> int | None:
+    """/health's status, or None when the connection is refused."""
     try:
-        return httpx.get(f"{base_url}/health", timeout=2).status_code == 200
+        return httpx.get(f"{base_url}/health", timeout=2).status_code
     except httpx.HTTPError:
-        return False
+        return None
 
 
-def test_killed_engine_fails_health_and_the_server_exits_nonzero(tmp_path, record):
+def test_killed_engine_fails_health_with_503_until_the_server_exits_1(tmp_path, record):
     server = start_server(tmp_path)
     try:
-        assert health_ok(server.base_url)
+        assert health_status(server.base_url) == 200
         engine_core(server).kill()  # SIGKILL: what the OOM killer or a segfault does
         killed_at = time.monotonic()
-        while health_ok(server.base_url):
+        statuses = []
+        while (status := health_status(server.base_url)) is not None:
+            statuses.append(status)
             assert time.monotonic() - killed_at < 30
-            time.sleep(0.1)
-        unhealthy_s = time.monotonic() - killed_at
-        exit_code = server.process.wait(60)
+            time.sleep(0.05)
+        refused_s = time.monotonic() - killed_at
+        exit_code = server.process.wait(5)  # refused only because the process is gone (or going)
         exited_s = time.monotonic() - killed_at
     finally:
         stop_server(server)
     assert exit_code == 1  # an orchestrator restarts it
+    first_503 = statuses.index(503)
+    assert set(statuses[first_503:]) == {503}  # from the first 503 on, 503s until the socket went with the process
     assert "the vLLM engine has died" in server.log_path.read_text()
-    record("engine process killed (SIGKILL)", 1, "/health failed, server exited 1",
-           f"/health failing after {unhealthy_s:.1f} s, process gone after {exited_s:.1f} s")
+    record("engine process killed (SIGKILL)", 1, "/health 503 until exit, server exited 1",
+           f"{len(statuses) - first_503} answers of 503 after the death, none refused before exit; refused after "
+           f"{refused_s:.1f} s, process gone after {exited_s:.1f} s")
 
 
 NUM_STREAMS = 24

@@ -35,14 +35,35 @@ OUT_OF_RANGE = [
     ("token prompt negative", COMPLETIONS, {"model": MODEL, "prompt": [-1]}, "prompt"),
     ("best_of 10^9", COMPLETIONS, {"model": MODEL, "prompt": "hi", "best_of": 10**9}, "best_of"),
     ("vLLM unload with a 2^70 id", "/v1/unload_lora_adapter", {"lora_name": "nope", "lora_int_id": 2**70}, None),
+    ("logit_bias key a superscript digit", CHAT, chat(logit_bias={"\u00b2": 1}), "logit_bias"),  # str.isdigit() took it: a 500
+    ("stop_token_ids past the cap", CHAT, chat(stop_token_ids=list(range(300))), "stop_token_ids"),
+    ("bad_words past the cap", CHAT, chat(bad_words=["x"] * 300), "bad_words"),
+    ("messages past the cap", CHAT, chat(messages=[{"role": "user", "content": "hi"}] * 1100), "messages"),
+    ("prompts past the cap", COMPLETIONS, {"model": MODEL, "prompt": [[1]] * 129, "max_tokens": 1}, "prompt"),
+    ("tools past the cap", CHAT, chat(tools=[{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]), "tools"),
+    ("arena messages not messages", "/v1/arena/battles", {"messages": [{"foo": 1}]}, None),  # a 500 before
 ]
 
 
 @pytest.mark.parametrize("name,path,body,param", OUT_OF_RANGE, ids=[c[0] for c in OUT_OF_RANGE])
-def test_out_of_range_integers_are_400(http, name, path, body, param):
+def test_out_of_range_values_are_400(http, name, path, body, param):
     response = http.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
-    assert 400 <= response.status_code < 500, response.text
-    assert_openai_error(response, response.status_code, param)
+    assert_openai_error(response, 400, param)
+    assert_still_serving(http)
+
+
+NESTED = "[" * 100_000 + "]" * 100_000  # json.loads() of it raised RecursionError: a 500
+
+
+@pytest.mark.parametrize("path,body", [
+    (CHAT, chat(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": NESTED}}]}, {"role": "tool", "tool_call_id": "c1", "content": "ok"}])),
+    ("/v1/responses", {"model": MODEL, "max_output_tokens": 2, "input": [
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": NESTED}, {"type": "function_call_output", "call_id": "c1", "output": "ok"}]}),
+], ids=["chat tool_calls", "responses function_call"])
+def test_deeply_nested_tool_call_arguments_are_not_a_500(http, path, body):
+    response = http.post(path, json=body)
+    assert response.status_code < 500, response.text
     assert_still_serving(http)
 
 
@@ -117,14 +138,20 @@ def test_malformed_bodies_are_400_on_every_route(http, path, name, content):
     assert_still_serving(http)
 
 
-def test_hostile_input_summary(http, record):
-    """One pass over all of the above for the reliability table (each kind also has its own test)."""
-    num_cases = len(OUT_OF_RANGE) + 2 * len(BAD_PATHS) + 4 * len(RAW_BODIES)
+def test_hostile_input_summary(http, special_adapters, record):
+    """One pass over every case above for the reliability table (each kind also has its own test)."""
     statuses = []
     with httpx.Client(base_url=str(http.base_url), headers=http.headers, timeout=60) as client:
         for _, path, body, _ in OUT_OF_RANGE:
             statuses.append(client.post(path, content=json.dumps(body), headers={"content-type": "application/json"}).status_code)
-    assert all(400 <= s < 500 for s in statuses)
-    record("hostile input: out-of-range integers, OS-rejected paths (too long, NUL, /dev/zero, FIFO, /proc), "
-           "invalid UTF-8, deep nesting, NaN, empty bodies", num_cases, "every one a 4xx in OpenAI's shape, server kept serving",
+        for _, path, _ in BAD_PATHS:
+            value = path(special_adapters)
+            statuses.append(client.post("/v1/adapters", json={"name": "hostile", "path": value}).status_code)
+            statuses.append(client.post("/v1/load_lora_adapter", json={"lora_name": "hostile", "lora_path": value}).status_code)
+        for route in (CHAT, COMPLETIONS, "/v1/adapters", "/v1/load_lora_adapter"):
+            for _, content in RAW_BODIES:
+                statuses.append(client.post(route, content=content, headers={"content-type": "application/json"}).status_code)
+    assert statuses == [400] * (len(OUT_OF_RANGE) + 2 * len(BAD_PATHS) + 4 * len(RAW_BODIES))
+    record("hostile input: out-of-range values and caps, OS-rejected paths (too long, NUL, /dev/zero, FIFO, /proc), "
+           "invalid UTF-8, deep nesting, NaN, empty bodies", len(statuses), "every one a 400 in OpenAI's shape, server kept serving",
            "0 5xx, 0 connection resets")

@@ -9,7 +9,9 @@ from types import SimpleNamespace
 class FakeEngine:
     """Generates "tok0 tok1 ..." (`token_delay_s` apart); `fault` picks a failure: None, "dead",
     "mid_stream", "bug", "add_lora" (the engine refuses every adapter), "engine_abort" / "engine_error"
-    (the engine ends the request itself), "second_prompt_fails" (request ids ending in -1 fail).
+    (the engine ends the request itself), "second_prompt_fails" (request ids ending in -1 fail after
+    their first token), "second_prompt_refused" (they fail before it, as a request the engine refuses
+    when admitting it), "adapter_fails" (requests with an adapter fail before their first token).
 
     Like vLLM's AsyncLLM it aborts a request whose output stream is closed or cancelled early;
     `events` logs ("abort", id) and anything a test appends, in order."""
@@ -34,6 +36,11 @@ class FakeEngine:
             raise RuntimeError("secret internal detail")
         try:
             for i in range(self.num_tokens):
+                is_refused = (self.fault == "second_prompt_refused" and request_id.endswith("-1")) or (
+                    self.fault == "adapter_fails" and lora_request is not None)
+                if is_refused and i == 0:
+                    await asyncio.sleep(0.05)  # its siblings have started by now
+                    raise ValueError("the engine refused this request")
                 if self.fault == "mid_stream" and i == 2:
                     raise RuntimeError("worker crashed")
                 if self.fault == "second_prompt_fails" and request_id.endswith("-1") and i == 1:
@@ -45,7 +52,8 @@ class FakeEngine:
                     reason, last = self.fault.removeprefix("engine_"), True
                 elif last:
                     reason = "length"
-                output = SimpleNamespace(index=0, text=f"tok{i} ", token_ids=[i], logprobs=None, finish_reason=reason)
+                logprobs = None if sampling_params.logprobs is None else [{i: SimpleNamespace(logprob=-0.5, rank=1, decoded_token=f"tok{i} ")}]
+                output = SimpleNamespace(index=0, text=f"tok{i} ", token_ids=[i], logprobs=logprobs, finish_reason=reason)
                 yield SimpleNamespace(outputs=[output], finished=last, prompt_token_ids=prompt["prompt_token_ids"], prompt_logprobs=None, num_cached_tokens=0)
                 if last:
                     return

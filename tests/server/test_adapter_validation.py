@@ -69,6 +69,12 @@ def with_nan(tensors, key):
     tensors[key] = tensors[key] * float("nan")
 
 
+def scalar(tensors, key):
+    import torch
+
+    tensors[key] = torch.tensor(1.0)  # a header with shape []: indexing it was a 500
+
+
 def layer_99(tensors, key):
     tensors[key.replace("layers.0.", "layers.99.")] = tensors.pop(key)
     a = key.replace("lora_B", "lora_A")
@@ -93,6 +99,7 @@ DAMAGES = [
     ("half of a pair", rewrite_weights(drop_pair), "invalid_adapter", "but not its pair"),
     ("integer weights", rewrite_weights(as_int), "invalid_adapter", "must be floating point"),
     ("NaN weights", rewrite_weights(with_nan), "invalid_adapter", "NaN or infinite"),
+    ("scalar tensor", rewrite_weights(scalar), "invalid_adapter", "LoRA matrices have two dimensions"),
     ("layer the model lacks", rewrite_weights(layer_99), "invalid_adapter", "model.layers.99.self_attn.q_proj is not a layer"),
 ]
 

@@ -46,14 +46,14 @@ def test_reconcile_loads_swaps_and_unloads_as_the_file_changes(base, tmp_path):
         path.write_text(f"adapters:\n  a: {ADAPTERS['dates']}\n  b: {ADAPTERS['units']}\n")
         await watcher.check()
         a1, b1 = registry.get("a"), registry.get("b")
-        assert (a1.source, str(a1.info.path)) == ("file", str(ADAPTERS["dates"]))
+        assert (a1.source, str(a1.info.source_path)) == ("file", str(ADAPTERS["dates"]))
 
         await watcher.check()  # nothing changed: nothing reloads
         assert registry.get("a") is a1
 
         path.write_text(f"adapters:\n  a: {{path: {ADAPTERS['units']}}}\n  b: {{path: {ADAPTERS['units']}, version: 2}}\n")
         await watcher.check()
-        assert str(registry.get("a").info.path) == str(ADAPTERS["units"])  # path changed: swapped
+        assert str(registry.get("a").info.source_path) == str(ADAPTERS["units"])  # path changed: swapped
         assert registry.get("b").version == 2  # only the version label changed: reloaded from the same path
         assert engine.loras == {registry.get("a").lora_id, registry.get("b").lora_id}  # v1s evicted
         assert a1.is_retired and b1.is_retired

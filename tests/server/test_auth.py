@@ -102,3 +102,11 @@ def test_concurrent_requests_cannot_overshoot_the_token_limit(server, http):
     assert 1 <= len(ok) < len(responses)
     assert spent <= 200  # without reservations all 8 were admitted: ~560 tokens
     assert_still_serving(http)
+
+
+def test_tenant_names_are_unique_and_the_error_names_both_entries():
+    from tuneserve.server.auth import KeysFile
+
+    with pytest.raises(ValueError, match=r"keys\[0\] and keys\[2\] are both named 'team'"):
+        KeysFile.model_validate({"keys": [{"name": "team", "key": "sk-00000001"}, {"name": "other", "key": "sk-00000002"},
+                                          {"name": "team", "key": "sk-00000003"}]})

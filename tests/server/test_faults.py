@@ -1,5 +1,6 @@
 """Engine faults (a fake engine in-process): clear errors, no internals leaked."""
 
+import asyncio
 import contextlib
 import json
 import time
@@ -77,6 +78,50 @@ def test_a_failing_prompt_aborts_its_siblings(tokenizer):
     assert_openai_error(response, 500)
     aborted_suffixes = sorted(rid.rsplit("-", 1)[-1] for rid in engine.aborted)
     assert aborted_suffixes == ["0", "2"]  # both siblings stopped, long before their 200 tokens
+
+
+def test_a_prompt_refused_before_its_first_token_aborts_the_siblings_that_started(tokenizer):
+    """The failure came while the others waited for their first token: they were left running."""
+    engine = FakeEngine(fault="second_prompt_refused", num_tokens=200, token_delay_s=0.005)
+    model = ServedModel(names=[MODEL], path="/fake", max_model_len=2048)
+    client = TestClient(create_app(ServeConfig(), engine, tokenizer, model), raise_server_exceptions=False)
+    response = client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 200})
+    assert_openai_error(response, 500)
+    assert sorted(rid.rsplit("-", 1)[-1] for rid in engine.aborted) == ["0", "2"]
+
+
+def test_the_echoed_prompts_logprobs_are_built_once_for_all_n_choices(tokenizer, monkeypatch):
+    from tuneserve.server import completions
+
+    prompt_ids = tokenizer("The quick brown fox jumps over the lazy dog").input_ids
+    calls = []
+    original = completions.completion_logprobs
+    monkeypatch.setattr(completions, "completion_logprobs", lambda ids, *a, **k: calls.append(list(ids)) or original(ids, *a, **k))
+    model = ServedModel(names=[MODEL], path="/fake", max_model_len=2048)
+    client = TestClient(create_app(ServeConfig(), FakeEngine(), tokenizer, model))
+    body = {"model": MODEL, "prompt": prompt_ids, "echo": True, "logprobs": 1, "n": 8, "temperature": 0, "max_tokens": 4}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    choices = response.json()["choices"]
+    assert len(choices) == 8 and all(c["logprobs"]["tokens"][:len(prompt_ids)] == choices[0]["logprobs"]["tokens"][:len(prompt_ids)] for c in choices)
+    assert sum(ids == prompt_ids for ids in calls) == 1  # was once per choice: n x the prompt, on the event loop
+
+
+def test_when_one_battle_answer_fails_the_other_is_aborted(tokenizer, tmp_path):
+    from tests.helpers import ADAPTERS
+    from tuneserve.models import resolve_model
+    from tuneserve.server.adapters import AdapterRegistry
+    from tuneserve.server.main import served_base
+
+    engine = FakeEngine(fault="adapter_fails", num_tokens=2000, token_delay_s=0.005)
+    registry = AdapterRegistry(engine, served_base([MODEL], resolve_model(MODEL)), max_rank=16)
+    asyncio.run(registry.load("dates", ADAPTERS["dates"]))
+    model = ServedModel(names=[MODEL], path="/fake", max_model_len=4096)
+    config = ServeConfig(playground=True, arena_db=str(tmp_path / "arena.sqlite"))
+    client = TestClient(create_app(config, engine, tokenizer, model, registry), raise_server_exceptions=False)
+    response = client.post("/v1/arena/battles", json={"messages": [{"role": "user", "content": "hi"}], "models": [MODEL, "dates"]})
+    assert_openai_error(response, 500)
+    assert len(engine.aborted) == 1 and engine.aborted[0].startswith("chatcmpl")  # the base's answer, stopped early
 
 
 @pytest.fixture()
@@ -160,3 +205,41 @@ def test_metrics_auth_puts_metrics_and_version_behind_a_key(tokenizer):
     assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200  # probes stay open
     version = client.get("/version", headers={"Authorization": "Bearer sk-metrics-key-0001"}).json()
     assert "/secret" not in json.dumps(version)  # no filesystem paths
+
+
+def test_a_stream_whose_client_stops_reading_ends_and_frees_what_it_holds(tokenizer):
+    """A client that never reads blocks the server's send once its TCP window is full (a real one
+    needs megabytes of output to get there). The deadline used to cover only the engine's side:
+    the request then held its admission slot, adapter and tokens forever."""
+    engine = FakeEngine(num_tokens=2000, token_delay_s=0.001)
+    model = ServedModel(names=[MODEL], path="/fake", max_model_len=4096)
+    app = create_app(ServeConfig(send_timeout_s=0.5), engine, tokenizer, model)
+    body = json.dumps(chat_body(stream=True, max_tokens=2000)).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+    }
+
+    async def scenario():
+        num_sent, forever = 0, asyncio.Event()
+
+        async def receive():
+            nonlocal body
+            if body:
+                message, body = {"type": "http.request", "body": body, "more_body": False}, b""
+                return message
+            await forever.wait()  # the client neither sends nor hangs up
+
+        async def send(message):
+            nonlocal num_sent
+            num_sent += 1
+            if num_sent > 3:
+                await forever.wait()  # its window is full: this send never completes
+
+        await asyncio.wait_for(app(scope, receive, send), 10)
+        return app.state.admission.num_in_flight
+
+    assert asyncio.run(scenario()) == 0
+    assert len(engine.aborted) == 1  # the engine request was aborted too

@@ -1,6 +1,7 @@
 """The adapter registry's bookkeeping where only a fake engine can produce the fault."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -42,3 +43,57 @@ def test_a_replaced_version_leaves_the_engine_when_its_last_request_ends(base):
         assert engine.loras == set()
 
     asyncio.run(scenario())
+
+
+def test_concurrent_loads_of_one_name_end_with_the_last_one_asked_for(base, monkeypatch):
+    """Two loads of one name: the first one's (slower) check used to finish last and win."""
+    from tuneserve.server import adapters
+
+    check = adapters.check_snapshot
+
+    def slow_for_dates(snapshot, path, *args, **kwargs):
+        if path == ADAPTERS["dates"]:
+            time.sleep(0.5)
+        return check(snapshot, path, *args, **kwargs)
+
+    monkeypatch.setattr(adapters, "check_snapshot", slow_for_dates)
+
+    async def scenario():
+        registry = AdapterRegistry(FakeEngine(), base, max_rank=16)
+        first = asyncio.create_task(registry.load("a", ADAPTERS["dates"]))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, registry.load("a", ADAPTERS["units"]))
+        assert registry.get("a").info.source_path == ADAPTERS["units"]
+
+    asyncio.run(scenario())
+
+
+def test_an_adapter_is_served_from_the_checked_snapshot_and_the_snapshot_goes_with_it(base, tmp_path):
+    import shutil
+
+    source = tmp_path / "a"
+    shutil.copytree(ADAPTERS["dates"], source)
+
+    async def scenario():
+        registry = AdapterRegistry(FakeEngine(), base, max_rank=16)
+        version = await registry.load("a", source)
+        snapshot = version.info.path
+        assert version.lora_request().lora_path == str(snapshot) and snapshot.parent == registry.snapshots.path
+        (source / "adapter_model.safetensors").write_bytes(b"changed in place after the check")
+        assert (snapshot / "adapter_model.safetensors").read_bytes() == (ADAPTERS["dates"] / "adapter_model.safetensors").read_bytes()
+        await registry.unload("a")
+        assert not snapshot.exists()
+
+    asyncio.run(scenario())
+
+
+def test_start_up_adapters_are_checked_once(base, monkeypatch):
+    """--adapter is snapshotted and checked before the engine starts; loading it then reads no tensor again."""
+    from tuneserve.server import adapters
+    from tuneserve.server.startup import prepare_adapters
+
+    registry = AdapterRegistry(FakeEngine(), base, max_rank=16)
+    prepared = prepare_adapters({"dates": str(ADAPTERS["dates"])}, base, 16, registry.snapshots)
+    monkeypatch.setattr(adapters, "check_snapshot", lambda *a, **k: pytest.fail("checked twice"))
+    version = asyncio.run(registry.load("dates", ADAPTERS["dates"], info=prepared["dates"]))
+    assert version.info is prepared["dates"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WINNERS = ("a", "b", "tie", "both_bad")
+OPEN_BATTLE_TTL_S = 24 * 3600  # a battle not voted on within a day is dropped
 INIT, SCALE, BASE, K = 1000.0, 400.0, 10.0, 4.0
 
 
@@ -125,13 +126,23 @@ class ArenaStore:
             "winner TEXT, judge TEXT, voted REAL)"
         )
 
-    def create(self, prompt: list[dict], model_a: str, model_b: str, answer_a: str, answer_b: str, owner: str | None = None) -> str:
+    def create(self, prompt: list[dict], model_a: str, model_b: str, answer_a: str, answer_b: str, owner: str | None = None,
+               max_open_per_owner: int | None = None) -> str:
+        """Store a battle waiting for its vote. Past `max_open_per_owner` battles waiting, the
+        owner's oldest goes; so do every owner's battles left unvoted for OPEN_BATTLE_TTL_S."""
         battle_id = "battle-" + uuid.uuid4().hex
+        now = time.time()
         with self._lock:
+            self._db.execute("DELETE FROM battles WHERE winner IS NULL AND created < ?", (now - OPEN_BATTLE_TTL_S,))
             self._db.execute(
                 "INSERT INTO battles (id, created, owner, prompt, model_a, model_b, answer_a, answer_b) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (battle_id, time.time(), owner, json.dumps(prompt), model_a, model_b, answer_a, answer_b),
+                (battle_id, now, owner, json.dumps(prompt), model_a, model_b, answer_a, answer_b),
             )
+            if max_open_per_owner is not None:
+                self._db.execute(
+                    "DELETE FROM battles WHERE id IN (SELECT id FROM battles WHERE winner IS NULL AND owner IS ? "
+                    "ORDER BY created DESC LIMIT -1 OFFSET ?)", (owner, max_open_per_owner),
+                )
         return battle_id
 
     def get(self, battle_id: str) -> dict | None:

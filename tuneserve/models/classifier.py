@@ -56,3 +56,27 @@ class Classifier:
 
         rows = torch.tensor(self.logits(texts, max_length, batch_size)).softmax(-1)
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in rows]
+
+    def window_probabilities(self, texts: list[str], window: int = 512, overlap: int = 64,
+                             batch_tokens: int = 8192) -> tuple[list[dict[str, float]], int]:
+        """Label probabilities of every `window`-token piece of every text (consecutive pieces
+        overlap by `overlap` tokens), so that nothing past the first window goes unread; and the
+        number of tokens scored. Pieces are batched by length, up to `batch_tokens` a batch."""
+        import torch
+
+        step = window - overlap
+        pieces = []
+        for ids in self.tokenizer(texts, add_special_tokens=True).input_ids:
+            pieces += [ids[i:i + window] for i in range(0, max(1, len(ids) - overlap), step)] if ids else []
+        pieces.sort(key=len)
+        rows: list[list[float]] = []
+        start = 0
+        while start < len(pieces):
+            end = start + 1
+            while end < len(pieces) and len(pieces[end]) * (end + 1 - start) <= batch_tokens:
+                end += 1
+            batch = self.tokenizer.pad({"input_ids": pieces[start:end]}, return_tensors="pt")
+            with torch.inference_mode():
+                rows += self.model(**batch).logits.float().softmax(-1).tolist()
+            start = end
+        return [dict(zip(self.labels, row, strict=True)) for row in rows], sum(map(len, pieces))

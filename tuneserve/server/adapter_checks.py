@@ -42,10 +42,11 @@ class ServedBase:
 
 @dataclass(frozen=True)
 class AdapterInfo:
-    path: Path
+    path: Path  # what the engine loads: the checked snapshot (server/snapshots.py)
     rank: int
     target_modules: list[str]
     base_model: str | None
+    source_path: Path | None = None  # where it was loaded from
 
 
 def check_name(name: str, base: ServedBase) -> None:
@@ -143,8 +144,8 @@ def _read_config(path: Path) -> dict:
         raise AdapterError(f"{path} has no adapter_config.json (not a PEFT adapter)", param="path")
     try:
         config = json.loads(read_regular_file(config_path, MAX_CONFIG_BYTES))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{config_path} is not valid JSON: {e}", param="path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise AdapterError(f"{config_path} is not valid JSON: {str(e)[:200]}", param="path") from None
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise AdapterError(f"{config_path}: peft_type must be LORA", param="path")
     return config
@@ -222,6 +223,8 @@ def _split_key(key: str, weights: Path) -> tuple[str, str]:
 def _check_module(module: str, halves: dict, rank: int, base: ServedBase, weights: Path) -> None:
     if set(halves) != {"A", "B"}:
         raise AdapterError(f"{weights}: {module} has lora_{next(iter(halves))} but not its pair", param="path")
+    if any(len(shape) != 2 for shape in halves.values()):
+        raise AdapterError(f"{weights}: {module} has A {halves['A']} and B {halves['B']}; LoRA matrices have two dimensions", param="path")
     if module not in base.weight_shapes:
         raise AdapterError(f"{weights}: {module} is not a layer of the served model", param="path")
     out_features, in_features = base.weight_shapes[module]

@@ -29,7 +29,7 @@ class VLLMLoadAdapter(BaseModel):
 
 class VLLMUnloadAdapter(BaseModel):
     lora_name: str
-    lora_int_id: int | None = None
+    lora_int_id: int | None = Field(None, ge=0, le=2**63 - 1)
 
 
 def registry(raw: Request) -> AdapterRegistry:

@@ -11,20 +11,36 @@ from tuneserve.server.errors import ServiceUnavailableError
 
 
 class Admission:
-    def __init__(self, max_in_flight: int | None = None):
-        self.max_in_flight = max_in_flight
+    """Requests in flight (what a drain waits for) and the engine requests they run: a request
+    with prompts x n choices runs that many, and `max_engine_requests` counts them all."""
+
+    def __init__(self, max_engine_requests: int | None = None):
+        self.max_engine_requests = max_engine_requests
         self.num_in_flight = 0
+        self.num_engine_requests = 0
         self.is_draining = False
 
     def admit(self) -> None:
         if self.is_draining:
             raise ServiceUnavailableError("The server is shutting down; retry on another instance.", retry_after_s=10)
-        if self.max_in_flight is not None and self.num_in_flight >= self.max_in_flight:
-            raise ServiceUnavailableError(
-                f"The server is at its limit of {self.max_in_flight} requests in flight; retry shortly.", retry_after_s=2
-            )
+        self._check(1)
         self.num_in_flight += 1
         metrics.QUEUE_DEPTH.set(self.num_in_flight)
+
+    def claim(self, num_requests: int) -> None:
+        """Engine requests about to start (503 past the server's limit)."""
+        self._check(num_requests)
+        self.num_engine_requests += num_requests
+
+    def unclaim(self, num_requests: int) -> None:
+        self.num_engine_requests -= num_requests
+
+    def _check(self, num_requests: int) -> None:
+        limit = self.max_engine_requests
+        if limit is not None and self.num_engine_requests + num_requests > limit:
+            raise ServiceUnavailableError(
+                f"The server is at its limit of {limit} engine requests in flight; retry shortly.", retry_after_s=2
+            )
 
     def release(self) -> None:
         self.num_in_flight -= 1
@@ -40,10 +56,10 @@ class Admission:
 
 
 def authorize(raw: Request, scope: Scope) -> Tenant | None:
-    """The caller's tenant (None when the server has no keys); 401/403 otherwise."""
-    auth = raw.app.state.auth
-    if auth is None:
+    """The caller's tenant (None when the server has no keys); 401/403 otherwise. The key was
+    already checked, before the body was read, by middleware.Authenticate."""
+    if raw.app.state.auth is None:
         return None
-    tenant = auth.authenticate(raw.headers.get("authorization"))
+    tenant = getattr(raw.state, "tenant", None) or raw.app.state.auth.authenticate(raw.headers.get("authorization"))
     tenant.require_scope(scope)
     return tenant

@@ -14,9 +14,12 @@ from tuneserve.server.completions import CompletionServing
 from tuneserve.server.config import ServeConfig
 from tuneserve.server.engine import Engine
 from tuneserve.server.errors import install_error_handlers
-from tuneserve.server.middleware import BodySizeLimit, CatchAll
-from tuneserve.server.responses import ResponsesServing
+from tuneserve.server.middleware import Authenticate, BodySizeLimit, CatchAll
+from tuneserve.server.responses import ResponsesServing, ResponseStore
 from tuneserve.server.serving import OpenAIServing, ServedModel
+from tuneserve.server.tokenize import Detokenizing, Tokenizing
+
+MIB = 1 << 20
 
 
 def engine_version() -> str:
@@ -44,7 +47,10 @@ def create_app(
     app.state.serving = serving
     app.state.chat = ChatServing(serving)
     app.state.completions = CompletionServing(serving)
-    app.state.responses = ResponsesServing(app.state.chat)
+    store = ResponseStore(int(config.max_stored_responses_mib * MIB), int(config.max_stored_responses_mib_per_key * MIB))
+    app.state.responses = ResponsesServing(app.state.chat, store)
+    app.state.tokenizing = Tokenizing(app.state.chat)
+    app.state.detokenizing = Detokenizing(app.state.chat)
     app.state.admission = Admission(config.max_queued_requests)
     app.state.auth = auth
     app.state.adapters_file = None  # the --adapters-file watcher, set by `serve` when there is one
@@ -55,6 +61,8 @@ def create_app(
         from tuneserve.evals.arena import ArenaStore
 
         app.state.arena = ArenaStore(config.arena_db or tuneserve_home() / "arena.sqlite")
+        app.state.battles = arena_routes.Battles(app.state.chat, app.state.arena)
+        app.state.leaderboard = arena_routes.Leaderboard(app.state.arena)
     app.state.engine_version = engine_version()
     app.include_router(routes.router)
     app.include_router(adapter_routes.router)
@@ -62,4 +70,5 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(CatchAll)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(Authenticate, auth=auth, metrics_auth=config.metrics_auth, public_docs=config.public_docs)
     return app

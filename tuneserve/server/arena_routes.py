@@ -16,9 +16,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneserve.server.admission import authorize
-from tuneserve.server.chat_protocol import ChatCompletionRequest
+from tuneserve.server.chat_protocol import ChatCompletionRequest, ChatMessage
 from tuneserve.server.errors import BadRequestError, ClientError, NotFoundError
-from tuneserve.server.metrics import RequestStats
+from tuneserve.server.lifecycle import run_request
+from tuneserve.server.protocol import check_count
+from tuneserve.server.serving import gather_or_cancel
 
 router = APIRouter()
 
@@ -31,10 +33,19 @@ class ConflictError(ClientError):
 class BattleRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    messages: list[dict] = Field(min_length=1, description="The conversation both models answer (chat format).")
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation both models answer (chat format).")
     models: list[str] | None = Field(None, min_length=2, max_length=2, description="The pair to compare (default: two at random).")
     max_tokens: int = Field(256, ge=1, le=4096)
     temperature: float = Field(0.7, ge=0, le=2)
+
+    def check_limits(self, config) -> None:
+        check_count(self.messages, config.max_messages, "messages", "messages")
+
+
+class BattleResponse(BaseModel):
+    id: str
+    object: str = "arena.battle"
+    answers: dict[str, str]
 
 
 class VoteRequest(BaseModel):
@@ -59,60 +70,48 @@ async def playground(raw: Request):
 
 @router.post("/v1/arena/battles")
 async def create_battle(body: BattleRequest, raw: Request):
-    store = arena_store(raw)
-    tenant = authorize(raw, "inference")
-    serving = raw.app.state.serving
-    allowed = [m.id for m in serving.list_models(lambda name: tenant is None or tenant.may_use(name)).data]
-    allowed = [serving.model.names[0]] + [m for m in allowed if m not in serving.model.names]
+    arena_store(raw)
+    return await run_request(raw, body, raw.app.state.battles)
+
+
+class Battles:
+    """Two anonymous answers to one conversation, run as one request of the asking key."""
+
+    def __init__(self, chat, store):
+        self.chat, self.store = chat, store
+
+    async def create(self, body: BattleRequest, ctx) -> BattleResponse:
+        pair = pick_pair(body, ctx)
+        requests = [
+            ChatCompletionRequest(model=name, messages=body.messages, max_tokens=body.max_tokens, temperature=body.temperature)
+            for name in pair
+        ]
+        responses = await gather_or_cancel(*(self.chat.create(r, ctx) for r in requests))
+        answers = [r.choices[0].message.content or "" for r in responses]
+        messages = [{"role": m.role, "content": m.text} for m in body.messages]
+        owner = ctx.tenant.name if ctx.tenant else None
+        battle_id = self.store.create(messages, pair[0], pair[1], answers[0], answers[1], owner, ctx.config.max_open_battles_per_key)
+        return BattleResponse(id=battle_id, answers={"a": answers[0], "b": answers[1]})
+
+
+def pick_pair(body: BattleRequest, ctx) -> list[str]:
+    """The two models: the ones asked for (the key must be allowed both), or two at random among
+    the base and the adapters the key may use."""
     if body.models is not None:
         for name in body.models:
-            if tenant is not None:
-                tenant.require_model(name)
-            serving.require_known(name)
+            ctx.require_model(name)
         if body.models[0] == body.models[1]:
             raise BadRequestError("models: give two different models", param="models")
         pair = list(body.models)
         random.shuffle(pair)
-    elif len(allowed) < 2:
+        return pair
+    tenant, serving = ctx.tenant, ctx.serving
+    allowed = [m.id for m in serving.list_models(lambda name: tenant is None or tenant.may_use(name)).data]
+    bases = [n for n in serving.model.names if n in allowed][:1]  # the base once, under a name the key may use
+    candidates = bases + [m for m in allowed if m not in serving.model.names]
+    if len(candidates) < 2:
         raise BadRequestError("the arena needs at least two models: load an adapter (or allow this key another model)")
-    else:
-        pair = random.sample(allowed, 2)
-    if tenant is not None:
-        tenant.admit()  # a battle counts as one request against requests_per_minute
-    answers = await asyncio.gather(*(_answer(raw, tenant, name, body) for name in pair))
-    battle_id = store.create(body.messages, pair[0], pair[1], answers[0], answers[1], tenant.name if tenant else None)
-    return JSONResponse({"id": battle_id, "object": "arena.battle", "answers": {"a": answers[0], "b": answers[1]}})
-
-
-async def _answer(raw: Request, tenant, model: str, body: BattleRequest) -> str:
-    """One model's answer, through the same admission, token limits, guards and serving as
-    /v1/chat/completions."""
-    from tuneserve.server.inference import finish_request, reserve_tokens
-
-    state = raw.app.state
-    request = ChatCompletionRequest(model=model, messages=body.messages, max_tokens=body.max_tokens, temperature=body.temperature)
-    stats = RequestStats(model=state.serving.model.names[0], owner=tenant.name if tenant else None)
-    if tenant is not None:
-        stats.reserve_tokens = lambda n: reserve_tokens(stats, tenant, n)
-    status = 500
-    state.admission.admit()
-    try:
-        if state.guards is not None:
-            await state.guards.check_input(request, tenant)
-        async with state.serving.target(model, stats) as lora_request:
-            response = await state.chat.create(request, lora_request, stats)
-        if state.guards is not None and (leaks := state.guards.output_checker(request, tenant)) is not None:
-            leaks.check_response(response)
-        status = 200
-        return response.choices[0].message.content or ""
-    except Exception as exc:
-        from tuneserve.server.errors import status_of
-
-        status = status_of(exc)
-        raise
-    finally:
-        finish_request(stats, tenant, status)
-        state.admission.release()
+    return random.sample(candidates, 2)
 
 
 @router.post("/v1/arena/battles/{battle_id}/vote")
@@ -129,11 +128,38 @@ async def vote(battle_id: str, body: VoteRequest, raw: Request):
 
 @router.get("/v1/arena/leaderboard")
 async def arena_leaderboard(raw: Request):
-    from tuneserve.evals.arena import leaderboard
+    arena_store(raw)
+    return await run_request(raw, LeaderboardRequest(judge=raw.query_params.get("judge")), raw.app.state.leaderboard)
 
-    store = arena_store(raw)
-    authorize(raw, "inference")
-    judge = raw.query_params.get("judge")
-    votes = store.votes(judge)
-    rows = await asyncio.to_thread(leaderboard, votes)
-    return JSONResponse({"object": "list", "data": rows, "num_votes": len(votes), "judge": judge})
+
+class LeaderboardRequest(BaseModel):
+    judge: str | None = None
+
+
+class Leaderboard:
+    """Ratings of the models the key may use. Bootstrapping takes a while with many votes: it runs
+    in a thread, and once per set of votes (the result is kept until a vote changes it)."""
+
+    generates = False
+
+    def __init__(self, store):
+        self.store = store
+        self._cache: dict[tuple, list[dict]] = {}
+
+    async def create(self, body: LeaderboardRequest, ctx) -> "LeaderboardResponse":
+        from tuneserve.evals.arena import leaderboard
+
+        votes = self.store.votes(body.judge)
+        key = (body.judge, len(votes))
+        if key not in self._cache:
+            self._cache.clear()
+            self._cache[key] = await asyncio.to_thread(leaderboard, votes)
+        rows = [r for r in self._cache[key] if ctx.tenant is None or ctx.tenant.may_use(r["model"])]
+        return LeaderboardResponse(data=rows, num_votes=len(votes), judge=body.judge)
+
+
+class LeaderboardResponse(BaseModel):
+    object: str = "list"
+    data: list[dict]
+    num_votes: int
+    judge: str | None

@@ -8,10 +8,13 @@ Keys file (YAML):
         models: ["smollm2-*", "team-a-*"]   # globs over base and adapter names (default: all)
         requests_per_minute: 60       # optional
         tokens_per_minute: 20000      # optional; prompt + completion tokens
+        max_parallel_requests: 16     # optional; engine requests (prompts x n) in flight at once
+                                      # (default --max-parallel-requests-per-key)
         guards: {...}                 # optional; prompt-injection and leak guards (server/guards.py)
 Keys are compared as sha256 digests in constant time and never logged.
 """
 
+import asyncio
 import collections
 import fnmatch
 import hashlib
@@ -21,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tuneserve.server.errors import ClientError
+from tuneserve.server.errors import BadRequestError, ClientError
 from tuneserve.server.guards import GuardSpec
 
 Scope = Literal["inference", "admin"]
@@ -48,6 +51,53 @@ class RateLimitError(ClientError):
         self.headers["Retry-After"] = str(max(1, int(retry_after_s + 0.999)))
 
 
+class KeySlots:
+    """A key's share of the engine's batch: up to `limit` engine requests at once. Requests past it
+    wait their turn, in arrival order (at most `limit` of them; 429 past that), within their
+    deadline: a key sending more than its share queues behind itself, not in front of other keys."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = limit
+        self.num_used = 0
+        self.waiting: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+
+    async def acquire(self, num_requests: int) -> None:
+        limit = self.limit
+        if limit is None:
+            self.num_used += num_requests
+            return
+        if num_requests > limit:
+            raise BadRequestError(f"this request needs {num_requests} engine requests (prompts x n); this key may run {limit} at once", param="n")
+        if not self.waiting and self.num_used + num_requests <= limit:
+            self.num_used += num_requests
+            return
+        if len(self.waiting) >= limit:
+            raise RateLimitError(f"this key has {self.num_used} engine requests running and {len(self.waiting)} requests waiting, "
+                                 f"its limit ({limit}); retry when some finish", 1)
+        granted = asyncio.get_running_loop().create_future()
+        entry = (num_requests, granted)
+        self.waiting.append(entry)
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self.release(num_requests)  # its turn came as it was cancelled: pass it on
+            else:
+                self.waiting.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, num_requests: int) -> None:
+        self.num_used -= num_requests
+        self._wake()
+
+    def _wake(self) -> None:
+        while self.waiting and self.num_used + self.waiting[0][0] <= (self.limit or 0):
+            num_requests, granted = self.waiting.popleft()
+            self.num_used += num_requests
+            granted.set_result(None)
+
+
 class TenantSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +108,9 @@ class TenantSpec(BaseModel):
     models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
+    max_parallel_requests: int | None = Field(
+        None, ge=1, description="Engine requests (prompts x n) this key may run at once; more wait their turn."
+    )
     guards: GuardSpec | None = None  # see tuneserve/server/guards.py
 
     @model_validator(mode="after")
@@ -76,6 +129,20 @@ class KeysFile(BaseModel):
 
     keys: list[TenantSpec] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _unique_names(self):
+        check_unique_names([t.name for t in self.keys])
+        return self
+
+
+def check_unique_names(names: list[str]) -> None:
+    """Stored responses and arena battles belong to a tenant's name: two tenants may not share one."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"keys[{seen[name]}] and keys[{i}] are both named {name!r}; tenant names must be unique")
+        seen[name] = i
+
 
 def _sha256(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
@@ -88,6 +155,11 @@ class Tenant:
         self._requests: collections.deque[float] = collections.deque()
         self._tokens: collections.deque[tuple[float, int]] = collections.deque()
         self._reserved = 0  # held by requests in flight (see reserve_tokens)
+        self.slots = KeySlots(spec.max_parallel_requests)  # engine requests in flight, and those waiting
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.spec.scopes
 
     def require_scope(self, scope: Scope) -> None:
         if scope not in self.spec.scopes:
@@ -162,7 +234,15 @@ class Authenticator:
         specs = list(specs)
         if api_key is not None:
             specs.append(TenantSpec(name="api-key", key=api_key, scopes=["inference", "admin"]))
+        check_unique_names([s.name for s in specs])
         return cls(specs) if specs else None
+
+    def set_default_parallel(self, limit: int | None) -> None:
+        """The share of engine slots of every key-file tenant that sets none (the one --api-key,
+        alone on its server, gets no limit)."""
+        for tenant in self.tenants:
+            if tenant.spec.max_parallel_requests is None and tenant.name != "api-key":
+                tenant.slots.limit = limit
 
     def authenticate(self, authorization: str | None) -> Tenant:
         scheme, _, presented = (authorization or "").partition(" ")

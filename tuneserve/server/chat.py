@@ -1,5 +1,6 @@
 """POST /v1/chat/completions (with tool calls)."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -15,7 +16,6 @@ from tuneserve.server.chat_protocol import (
     NamedToolChoice,
 )
 from tuneserve.server.logprobs import chat_logprobs, vllm_prompt_logprobs
-from tuneserve.server.metrics import RequestStats
 from tuneserve.server.protocol import Usage, new_id, now_s
 from tuneserve.server.serving import Choice, OpenAIServing, primed_all
 from tuneserve.server.tools import ToolCallReader, chat_template, tool_constraint
@@ -39,16 +39,16 @@ class ChatServing:
         messages = [m.to_template_dict() for m in request.messages]
         return s.encode_chat(messages, options, request.chat_template_kwargs, request.truncate_prompt_tokens)
 
-    async def create(
-        self, request: ChatCompletionRequest, lora_request: Any, stats: RequestStats
-    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
+    async def create(self, request: ChatCompletionRequest, ctx: Any) -> ChatCompletionResponse | AsyncIterator[ChatCompletionChunk]:
         """A response, or (stream=true) an iterator of chunks for the transport to frame."""
         s = self.serving
-        prompt_ids = self.encode(request)
+        lora_request = await ctx.target(request.model)
+        prompt_ids = await asyncio.to_thread(self.encode, request)  # megabytes take seconds: off the event loop
         max_tokens = s.fit_max_tokens(len(prompt_ids), request.requested_max_tokens(), "messages")
         request_id = new_id("chatcmpl")
         params = request.to_sampling_params(max_tokens, structured=tool_constraint(request))
-        (outputs,) = await primed_all([s.generate(prompt_ids, params, request_id, lora_request, stats, request.cache_salt, request.num_copies)])
+        await ctx.start_engine_requests(request.n, len(prompt_ids) * request.num_copies + max_tokens * request.n)
+        (outputs,) = await primed_all([s.generate(prompt_ids, params, request_id, lora_request, ctx, request.cache_salt, request.num_copies)])
         if request.stream:
             return self._chunks(request, request_id, len(prompt_ids), outputs)
         return await self._response(request, request_id, len(prompt_ids), outputs)

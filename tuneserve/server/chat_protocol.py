@@ -12,6 +12,7 @@ from tuneserve.server.protocol import (
     DropNone,
     SamplingFields,
     Usage,
+    check_count,
 )
 
 
@@ -97,7 +98,7 @@ def _arguments(text: str) -> Any:
     """Templates render arguments as JSON: an object where the string parses, else the string."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         return text
 
 
@@ -133,6 +134,11 @@ class ChatCompletionRequest(SamplingFields):
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.effective_tools()}:
             raise ValueError(f"tool_choice names '{choice.function.name}', which is not in tools")
         return self
+
+    def check_limits(self, config: Any) -> None:
+        super().check_limits(config)
+        check_count(self.messages, config.max_messages, "messages", "messages")
+        check_count(self.effective_tools(), config.max_tools, "functions" if self.functions else "tools", "tools")
 
     @property
     def echoed_text(self) -> str:

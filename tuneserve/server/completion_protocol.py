@@ -1,10 +1,10 @@
 """POST /v1/completions: request and response shapes (the streamed chunk is the same object)."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from tuneserve.server.protocol import INT32_MAX, MAX_LOGPROBS, CompletionLogprobs, SamplingFields, Usage
+from tuneserve.server.protocol import INT32_MAX, MAX_LOGPROBS, CompletionLogprobs, SamplingFields, Usage, check_count
 
 
 class CompletionRequest(SamplingFields):
@@ -37,6 +37,10 @@ class CompletionRequest(SamplingFields):
         if self.echo and self.logprobs is not None and self.stream:
             raise ValueError("echo with logprobs is not available when stream is true")
         return self
+
+    def check_limits(self, config: Any) -> None:
+        super().check_limits(config)
+        check_count(self.prompts(), config.max_choices_per_request, "prompt", "prompts")
 
     @property
     def is_scoring_only(self) -> bool:

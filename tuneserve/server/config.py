@@ -91,7 +91,40 @@ class ServeConfig(BaseModel):
     )
     playground: bool = Field(False, description="Serve the web playground (chat, arena battles, leaderboard) at /playground.")
     arena_db: str | None = Field(None, description="SQLite file of arena votes (default $TUNESERVE_HOME/arena.sqlite).")
-    max_queued_requests: int | None = Field(None, ge=1, description="Requests in flight beyond this get 503 + Retry-After.")
+    max_queued_requests: int | None = Field(
+        None, ge=1, description="Engine requests (prompts x n of every request) in flight beyond this get 503 + Retry-After."
+    )
+    max_parallel_requests_per_key: int | None = Field(
+        None, ge=1, description="Engine requests (prompts x n) each keys-file tenant may run at once, 429 beyond; default: half "
+        "of the engine's max_num_seqs, so that no key fills every batch slot. A tenant's max_parallel_requests overrides it.",
+    )
+    max_choices_per_request: int = Field(
+        128, ge=1, description="Most engine requests one request may run: prompts x n (400 beyond)."
+    )
+    max_messages: int = Field(
+        1024, ge=1, description="Most chat messages, Responses input items or arena messages in one request (400 beyond)."
+    )
+    max_tools: int = Field(128, ge=1, description="Most tools (functions) in one request, OpenAI's own limit (400 beyond).")
+    max_token_list_len: int = Field(
+        256, ge=1, description="Most entries in each of stop_token_ids, bad_words and logit_bias (400 beyond)."
+    )
+    max_guard_chars: int = Field(
+        65536, ge=1, description="Most characters a guard reads in one guarded request: the client text the input guard "
+        "scores, the system prompt the output guard protects (400 beyond).",
+    )
+    max_stored_responses_mib: float = Field(
+        256, gt=0, description="Memory for stored Responses (previous_response_id, GET /v1/responses/ID), in MiB."
+    )
+    max_stored_responses_mib_per_key: float = Field(
+        32, gt=0, description="Each key's share of the stored Responses: past it a key loses its own least recently "
+        "used responses, never another key's.",
+    )
+    max_open_battles_per_key: int = Field(
+        100, ge=1, description="Arena battles a key may have waiting for a vote; a new one past it drops its oldest."
+    )
+    send_timeout_s: float = Field(
+        30.0, gt=0, description="A stream whose client reads nothing for this long is ended, freeing what it holds."
+    )
     max_tokens_cap: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for.")
     request_timeout_s: float | None = Field(None, gt=0, description="Abort requests running longer than this.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
@@ -100,6 +133,9 @@ class ServeConfig(BaseModel):
     )
     metrics_auth: bool = Field(
         False, description="Require an API key (any scope) for /metrics and /version too."
+    )
+    public_docs: bool = Field(
+        False, description="With keys: serve /docs and /openapi.json without one (by default they need a valid key)."
     )
     chat_template: str | None = Field(
         None, description="Jinja chat template file replacing the model's own. Default: the model's; for "

@@ -1,13 +1,17 @@
 """Guards against prompt hacking, per tenant (keys file) or for every request (no keys).
 
 - Input guard: a sequence-classification LoRA (`tuneserve finetune classify`, `--guard-model`)
-  scores the text a client supplied (user and tool turns, prompts, Responses input). At or above
-  the tenant's threshold the request is blocked (400, code `prompt_injection_detected`) or flagged
-  (header `x-tuneserve-guard`). System prompts are the operator's and are not scored.
-- Output guard: a response that contains one of the tenant's canary strings, or a run of 32
-  characters of the request's own system prompt / instructions, is blocked (400 `output_blocked`;
-  in a stream, an error event replaces the chunk that would complete the leak and the stream
-  ends) or flagged (header, non-streaming responses only: a stream's headers are already sent).
+  scores the text a client supplied (every turn but system/developer, tool-call arguments,
+  prompts, token-id prompts decoded, Responses input), every 512-token window of it. At or above
+  the tenant's threshold the request is blocked (400, code `prompt_injection_detected`; the tokens
+  scored count against the key's tokens_per_minute) or flagged (header `x-tuneserve-guard`).
+  System prompts are the operator's and are not scored.
+- Output guard: a response that contains one of the tenant's canary strings, or a run of 39
+  characters of the request's own system prompt / instructions (server/leaks.py), in any choice
+  or tool-call arguments, is blocked (400 `output_blocked`; in a stream, an error event replaces
+  the chunk that would complete the leak and the stream ends) or flagged (header, non-streaming
+  responses only: a stream's headers are already sent).
+- A guarded request reads at most --max-guard-chars characters (400 `guard_input_too_large`).
 
 Keys file:
     keys:
@@ -32,10 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tuneserve.server import metrics
 from tuneserve.server.errors import ClientError
+from tuneserve.server.leaks import LeakScanner, Needles
 
 logger = logging.getLogger("tuneserve.server")
 HEADER = "x-tuneserve-guard"
-LEAK_WINDOW = 32  # characters of the system prompt that count as leaking it
 
 
 class InputGuardSpec(BaseModel):
@@ -64,9 +68,17 @@ class GuardSpec(BaseModel):
 class InputBlockedError(ClientError):
     code = "prompt_injection_detected"
 
+    def __init__(self, message: str, num_tokens_scored: int = 0):
+        super().__init__(message)
+        self.num_tokens_scored = num_tokens_scored  # charged to the key's tokens_per_minute
+
 
 class OutputBlockedError(ClientError):
     code = "output_blocked"
+
+
+class GuardInputTooLargeError(ClientError):
+    code = "guard_input_too_large"
 
 
 class Guards:
@@ -74,6 +86,7 @@ class Guards:
 
     def __init__(self, classifier: Any | None):
         self.classifier = classifier
+        self.decode: Any = None  # the served model's tokenizer.decode, for token-id prompts (set by serve)
         self._lock = threading.Lock()  # one forward pass at a time: the engine has the cores
 
     def spec_for(self, tenant: Any | None) -> GuardSpec:
@@ -83,13 +96,16 @@ class Guards:
             return GuardSpec(input=InputGuardSpec() if self.classifier is not None else None)
         return tenant.spec.guards or GuardSpec()
 
-    async def check_input(self, body: Any, tenant: Any | None) -> dict[str, str]:
+    async def check_input(self, body: Any, tenant: Any | None, max_chars: int) -> dict[str, str]:
         """Raise InputBlockedError, or return the headers to add (a flag), or {}."""
         spec = self.spec_for(tenant).input
-        texts = request_texts(body)
-        if spec is None or not spec.enabled or self.classifier is None or not texts:
+        if spec is None or not spec.enabled or self.classifier is None:
             return {}
-        score = await asyncio.to_thread(self._attack_probability, texts)
+        texts = request_texts(body, self.decode)
+        if not texts:
+            return {}
+        check_size(texts, max_chars, "the input guard scores")
+        score, num_tokens = await asyncio.to_thread(self._attack_probability, texts)
         if score < spec.threshold:
             return {}
         who = tenant.name if tenant is not None else "-"
@@ -98,51 +114,69 @@ class Guards:
         if spec.action == "block":
             raise InputBlockedError(
                 f"The request was blocked by this server's prompt-injection guard (attack probability {score:.2f} "
-                f">= threshold {spec.threshold})."
+                f">= threshold {spec.threshold}).", num_tokens,
             )
         return {HEADER: f"input; score={score:.2f}"}
 
-    def _attack_probability(self, texts: list[str]) -> float:
+    def _attack_probability(self, texts: list[str]) -> tuple[float, int]:
+        """The highest attack probability of any window of any text, and the tokens scored."""
         with self._lock:
             positive = self.classifier.labels[-1]
-            return max(p[positive] for p in self.classifier.probabilities(texts))
+            rows, num_tokens = self.classifier.window_probabilities(texts)
+            return max(p[positive] for p in rows), num_tokens
 
-    def output_checker(self, body: Any, tenant: Any | None) -> "OutputChecker | None":
+    def output_checker(self, body: Any, tenant: Any | None, max_chars: int) -> "OutputChecker | None":
         spec = self.spec_for(tenant).output
         if spec is None or not (spec.canaries or spec.system_prompt):
             return None
         secrets = list(spec.canaries)
         if spec.system_prompt:
-            secrets += [s for s in system_texts(body) if s.strip()]
-        return OutputChecker(spec, secrets, tenant.name if tenant is not None else "-") if secrets else None
+            system = [s for s in system_texts(body) if s.strip()]
+            check_size(system, max_chars, "the output guard protects")
+            secrets += system
+        needles = Needles(secrets)
+        return OutputChecker(spec, needles, tenant.name if tenant is not None else "-") if needles else None
+
+
+def check_size(texts: list[str], max_chars: int, what: str) -> None:
+    size = sum(map(len, texts))
+    if size > max_chars:
+        raise GuardInputTooLargeError(
+            f"this key's requests are guarded, and {what} at most {max_chars:,} characters of text; this request "
+            f"has {size:,} (the server's --max-guard-chars)"
+        )
+
+
+TEXT_KEYS = ("content", "text", "arguments")  # message text, completion text, tool and function call arguments
 
 
 class OutputChecker:
-    """Whether text leaks a canary or a system prompt; the stream wrapper holds back nothing but
-    the chunk that would complete a leak."""
+    """Whether output leaks a canary or a system prompt: each output (a choice, an output item, an
+    arena answer) is scanned on its own, its tool-call arguments included. The stream wrapper holds
+    back nothing but the chunk that would complete a leak."""
 
-    def __init__(self, spec: OutputGuardSpec, secrets: list[str], who: str):
-        self.spec, self.who = spec, who
-        self.needles = [n for s in secrets for n in _needles(s)]
-
-    def leak(self, text: str) -> bool:
-        folded = " ".join(text.split()).lower()
-        return any(n in folded for n in self.needles)
+    def __init__(self, spec: OutputGuardSpec, needles: Needles, who: str):
+        self.spec, self.needles, self.who = spec, needles, who
 
     def check_response(self, response: BaseModel) -> dict[str, str]:
-        if not self.leak("\n".join(_strings(response.model_dump(mode="json")))):
-            return {}
-        return self._act()
+        for texts in output_texts(response.model_dump(mode="json")).values():
+            scanner = LeakScanner(self.needles)
+            if any(scanner.feed(t) for t in texts):
+                return self._act()
+        return {}
 
     async def wrap(self, chunks: AsyncIterator[BaseModel]) -> AsyncIterator[BaseModel]:
-        seen = ""
+        scanners: dict[tuple, LeakScanner] = {}
+        is_leaked = False
         async with contextlib.aclosing(chunks):
             async for chunk in chunks:
-                seen += "".join(_strings(chunk.model_dump(mode="json"), keys=("content", "text", "delta")))
-                if self.spec.action == "block" and self.leak(seen):
+                for key, texts in output_texts(chunk.model_dump(mode="json")).items():
+                    scanner = scanners.setdefault(key, LeakScanner(self.needles))
+                    is_leaked = any([scanner.feed(t) for t in texts]) or is_leaked
+                if is_leaked and self.spec.action == "block":
                     self._act()  # raises: sse_stream sends the error event, closing aborts the engine request
                 yield chunk
-        if self.spec.action == "flag" and self.leak(seen):
+        if is_leaked:
             metrics.GUARD_EVENTS.labels("output", "flag", self.who).inc()
 
     def _act(self) -> dict[str, str]:
@@ -153,15 +187,20 @@ class OutputChecker:
         return {HEADER: "output; leak"}
 
 
-def _needles(secret: str) -> list[str]:
-    """Whitespace- and case-folded pieces of `secret` whose presence counts as leaking it."""
-    folded = " ".join(secret.split()).lower()
-    if len(folded) <= LEAK_WINDOW:
-        return [folded]
-    return [folded[i:i + LEAK_WINDOW] for i in range(0, len(folded) - LEAK_WINDOW + 1, 8)]
+def output_texts(payload: dict) -> dict[tuple, list[str]]:
+    """Each separate output in a response or a streamed chunk, and its texts in order."""
+    if isinstance(payload.get("choices"), list):
+        return {("choice", c.get("index", i)): _strings(c, TEXT_KEYS) for i, c in enumerate(payload["choices"])}
+    if str(payload.get("type", "")).endswith(".delta"):  # a Responses event
+        return {("item", payload.get("output_index", 0)): [str(payload.get("delta", ""))]}
+    if isinstance(payload.get("output"), list):  # a Responses object
+        return {("item", i): _strings(item, TEXT_KEYS) for i, item in enumerate(payload["output"])}
+    if isinstance(payload.get("answers"), dict):  # an arena battle
+        return {("answer", k): [v] for k, v in payload["answers"].items() if isinstance(v, str)}
+    return {}
 
 
-def _strings(value: Any, keys: tuple[str, ...] = ("content", "text")) -> list[str]:
+def _strings(value: Any, keys: tuple[str, ...]) -> list[str]:
     """Every string under one of `keys`, anywhere in a JSON-like value."""
     out: list[str] = []
     if isinstance(value, dict):
@@ -184,36 +223,42 @@ def _message_text(content: Any) -> list[str]:
     return []
 
 
-def request_texts(body: Any) -> list[str]:
-    """What the client wrote: user and tool turns, prompts, Responses input (not system prompts)."""
-    from tuneserve.server.chat_protocol import ChatCompletionRequest
+OPERATOR_ROLES = ("system", "developer")
+
+
+def request_texts(body: Any, decode: Any = None) -> list[str]:
+    """What the client wrote: every turn but the operator's (system, developer), tool-call
+    arguments, prompts (token-id prompts decoded), Responses input."""
     from tuneserve.server.completion_protocol import CompletionRequest
     from tuneserve.server.responses_protocol import ResponsesRequest
 
-    if isinstance(body, ChatCompletionRequest):
-        return [t for m in body.messages if m.role in ("user", "tool", "function") for t in _message_text(m.content)]
+    if isinstance(getattr(body, "messages", None), list):  # chat, arena battles
+        texts = []
+        for m in body.messages:
+            if m.role not in OPERATOR_ROLES:
+                texts += _message_text(m.content)
+                texts += [c.function.arguments for c in m.tool_calls or []] + ([m.function_call.arguments] if m.function_call else [])
+        return texts
     if isinstance(body, CompletionRequest):
-        prompt = body.prompt
-        return [prompt] if isinstance(prompt, str) else [p for p in prompt if isinstance(p, str)]
+        return [p if isinstance(p, str) else decode(p) if decode else "" for p in body.prompts()]
     if isinstance(body, ResponsesRequest):
         if isinstance(body.input, str):
             return [body.input]
-        return [t for item in body.input if item.get("role", "user") in ("user", "tool")
-                for t in _message_text(item.get("content")) + _strings(item, ("output",))]
+        return [t for item in body.input if item.get("role") not in OPERATOR_ROLES
+                for t in _message_text(item.get("content")) + _strings(item, ("output", "arguments"))]
     return []
 
 
 def system_texts(body: Any) -> list[str]:
     """The operator's instructions in a request: system/developer turns, Responses instructions."""
-    from tuneserve.server.chat_protocol import ChatCompletionRequest
     from tuneserve.server.responses_protocol import ResponsesRequest
 
-    if isinstance(body, ChatCompletionRequest):
-        return [t for m in body.messages if m.role in ("system", "developer") for t in _message_text(m.content)]
+    if isinstance(getattr(body, "messages", None), list):
+        return [t for m in body.messages if m.role in OPERATOR_ROLES for t in _message_text(m.content)]
     if isinstance(body, ResponsesRequest):
         texts = [body.instructions] if getattr(body, "instructions", None) else []
         if isinstance(body.input, list):
-            texts += [t for item in body.input if item.get("role") in ("system", "developer") for t in _message_text(item.get("content"))]
+            texts += [t for item in body.input if item.get("role") in OPERATOR_ROLES for t in _message_text(item.get("content"))]
         return texts
     return []
 

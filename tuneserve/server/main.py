@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -22,13 +23,16 @@ def serve(config: ServeConfig) -> int:
     memory), each failing with a one-line StartupError. Returns the exit code: 0 after a
     shutdown, 1 when the engine died (so that an orchestrator restarts the server).
     """
+    from tuneserve.config import tuneserve_home
     from tuneserve.models import resolve_model
+    from tuneserve.server.guards import load_guards
+    from tuneserve.server.snapshots import SnapshotDir
     from tuneserve.server.startup import (
         StartupError,
         bind_socket,
-        check_adapters,
         check_adapters_file,
         load_keys,
+        prepare_adapters,
         warn_if_exposed,
     )
     from tuneserve.server.tools import check_tool_parser
@@ -36,26 +40,27 @@ def serve(config: ServeConfig) -> int:
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model_dir = resolve_model(config.model)
     auth = load_keys(config.api_key, config.api_keys)
-    from tuneserve.server.guards import load_guards
-
     guards = load_guards(config.guard_model, [t.spec for t in auth.tenants] if auth else [])
     if config.metrics_auth and auth is None:
         raise StartupError("--metrics-auth needs keys to check: pass --api-key or --api-keys")
     base = served_base(config.model_names, model_dir) if config.is_lora_enabled else None
-    if base is not None:
-        check_adapters(config.adapters, base, config.max_lora_rank)
-    check_adapters_file(config.adapters_file)
-    sock = bind_socket(config.host, config.port)
-    warn_if_exposed(config.host, auth is not None)
-    try:  # last of the early checks: vLLM's parser registry takes ~3 s to import
-        check_tool_parser(config.tool_call_parser)
-    except ValueError as e:
-        sock.close()
-        raise StartupError(f"--tool-call-parser: {e}") from None
+    snapshots = SnapshotDir(tuneserve_home() / "adapter-snapshots") if base is not None else None
     try:
-        return asyncio.run(_serve(config, model_dir, auth, base, sock, guards))
+        prepared = prepare_adapters(config.adapters, base, config.max_lora_rank, snapshots) if base is not None else {}
+        check_adapters_file(config.adapters_file)
+        sock = bind_socket(config.host, config.port)
+        warn_if_exposed(config.host, auth is not None)
+        try:
+            try:  # last of the early checks: vLLM's parser registry takes ~3 s to import
+                check_tool_parser(config.tool_call_parser)
+            except ValueError as e:
+                raise StartupError(f"--tool-call-parser: {e}") from None
+            return asyncio.run(_serve(config, model_dir, auth, base, sock, guards, snapshots, prepared))
+        finally:
+            sock.close()
     finally:
-        sock.close()
+        if snapshots is not None:
+            snapshots.remove()
 
 
 def served_base(names: list[str], model_dir: Path):
@@ -70,7 +75,7 @@ def served_base(names: list[str], model_dir: Path):
     return ServedBase(names, model_dir, model_fingerprint(model_dir), shapes)
 
 
-async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards=None) -> int:
+async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards, snapshots, prepared) -> int:
     from transformers import AutoTokenizer
 
     from tuneserve.server.adapters import AdapterRegistry
@@ -84,44 +89,56 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards=
     try:
         adapters = None
         if base is not None:
-            adapters = AdapterRegistry(engine, base, config.max_lora_rank)
-            for name, path in config.adapters.items():
-                await adapters.load(name, Path(path).expanduser().resolve(), source="cli")
+            adapters = AdapterRegistry(engine, base, config.max_lora_rank, snapshots)
+            for name, info in prepared.items():
+                await adapters.load(name, info.source_path, source="cli", info=info)
             if config.adapters_file:
                 watcher = AdaptersFileWatcher(Path(config.adapters_file).expanduser().resolve(), adapters, config.adapters_file_poll_s)
                 await watcher.check()  # broken entries are reported and skipped: the rest serves
+        if auth is not None:
+            max_num_seqs = engine.vllm_config.scheduler_config.max_num_seqs
+            auth.set_default_parallel(config.max_parallel_requests_per_key or max(1, max_num_seqs // 2))
         model = ServedModel(
             names=config.model_names, path=str(model_dir),
             max_model_len=engine.model_config.max_model_len, max_tokens_cap=config.max_tokens_cap,
             chat_template=Path(config.chat_template).expanduser().read_text() if config.chat_template else None,
             tool_call_parser=config.tool_call_parser,
         )
-        app = create_app(config, engine, AutoTokenizer.from_pretrained(model_dir), model, adapters, auth)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        app = create_app(config, engine, tokenizer, model, adapters, auth)
         app.state.adapters_file = watcher
+        if guards is not None:
+            guards.decode = tokenizer.decode
         app.state.guards = guards
         # The drain already waited for requests; past it, uvicorn must not wait on open sockets.
         uvicorn_config = uvicorn.Config(app, log_level=config.log_level, timeout_graceful_shutdown=5)
         server = DrainingServer(uvicorn_config, app.state.admission, config.drain_timeout_s)
         host, port = sock.getsockname()[:2]
         logger.info("serving %s at http://%s:%d/v1", ", ".join(model.names), host, port)
-        tasks = [asyncio.create_task(_watch_engine(engine, server))]
+        tasks = [asyncio.create_task(_watch_engine(engine, server, snapshots.remove if snapshots else lambda: None))]
         if watcher is not None:
             tasks.append(asyncio.create_task(watcher.run()))
         await server.serve(sockets=[sock])
         for task in tasks:
             task.cancel()
-        return server.exit_code
+        return 0
     finally:
         engine.shutdown()
 
 
-async def _watch_engine(engine, server: "DrainingServer") -> None:
-    """An engine that died takes the server down with a non-zero exit: a supervisor restarts it."""
+async def _watch_engine(engine, server: "DrainingServer", cleanup) -> None:
+    """An engine that died takes the server down with exit code 1: a supervisor restarts it.
+    Until the process is gone, /health and every request answer 503 (never a refused connection):
+    the engine's remains are shut down while the server still answers, then the process exits
+    at once, listening socket and all (nothing left to drain: every request needs the engine)."""
     while not engine.errored:
         await asyncio.sleep(ENGINE_WATCH_INTERVAL_S)
     logger.error("the vLLM engine has died; stopping the server (exit code 1) so that it can be restarted")
-    server.exit_code = 1
-    server.should_exit = True
+    server.admission.is_draining = True
+    await asyncio.to_thread(engine.shutdown)
+    cleanup()
+    logging.shutdown()
+    os._exit(1)
 
 
 class DrainingServer(uvicorn.Server):
@@ -133,7 +150,6 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.admission = admission
         self.drain_timeout_s = drain_timeout_s
-        self.exit_code = 0
         self._drain_task = None
 
     def handle_exit(self, sig, frame):

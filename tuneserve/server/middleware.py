@@ -1,10 +1,11 @@
-"""ASGI middleware: errors nothing else caught, and the request body size limit (413)."""
+"""ASGI middleware: the API key (checked before a body is read), errors nothing else caught, and
+the request body size limit (413)."""
 
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneserve.server.errors import RequestTooLargeError, to_error_response
+from tuneserve.server.errors import RequestTooLargeError, TuneserveError, to_error_response
 
 logger = logging.getLogger("tuneserve.server")
 
@@ -74,3 +75,29 @@ class BodySizeLimit:
             return await receive()  # later calls wait for the disconnect, as the app expects
 
         await self.app(scope, replay, send)
+
+
+OPEN_PATHS = {"/health", "/ready", "/playground"}  # probes, and the page that asks its user for a key
+PROBE_PATHS = {"/metrics", "/version"}  # open unless --metrics-auth
+DOCS_PATHS = {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}  # need a key unless --public-docs
+
+
+class Authenticate:
+    """With keys configured, every path but the open ones needs a valid key, checked before the
+    body is read or parsed; the tenant is handed to the routes in `request.state.tenant` (they
+    check its scope and models)."""
+
+    def __init__(self, app: ASGIApp, auth, metrics_auth: bool = False, public_docs: bool = False):
+        self.app, self.auth = app, auth
+        self.open_paths = OPEN_PATHS | (set() if metrics_auth else PROBE_PATHS) | (DOCS_PATHS if public_docs else set())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.auth is None or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        try:
+            tenant = self.auth.authenticate(header)
+        except TuneserveError as e:
+            return await to_error_response(e)(scope, receive, send)
+        scope.setdefault("state", {})["tenant"] = tenant
+        await self.app(scope, receive, send)

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
+from tuneserve.server.errors import BadRequestError
+
 MAX_STOP_SEQUENCES = 4
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the engine's wire format carries
 INT32_MAX = 2**31 - 1
@@ -163,7 +165,7 @@ class SamplingFields(OpenAIRequest):
     @classmethod
     def _check_logit_bias(cls, v):
         for token, bias in (v or {}).items():
-            if not token.isdigit():
+            if not (token.isascii() and token.isdigit()):  # str.isdigit() alone takes "²", which int() refuses
                 raise ValueError(f"keys must be token ids, got {token!r}")
             if not -100 <= bias <= 100:
                 raise ValueError(f"bias for token {token} must be in [-100, 100]")
@@ -176,6 +178,14 @@ class SamplingFields(OpenAIRequest):
         if self.stream and self.prompt_logprobs is not None:
             raise ValueError("prompt_logprobs are not available when stream is true")
         return self
+
+    def check_limits(self, config: Any) -> None:
+        """The server's caps on what one request may ask for (ServeConfig: max_token_list_len, ...)."""
+        cap = config.max_token_list_len
+        for name in ("stop_token_ids", "bad_words", "logit_bias"):
+            value = getattr(self, name)
+            if value is not None and len(value) > cap:
+                raise BadRequestError(f"{name} has {len(value)} entries; this server allows at most {cap}", param=name)
 
     @property
     def is_greedy(self) -> bool:
@@ -321,6 +331,11 @@ class ModelCard(BaseModel):
     root: str | None = None
     parent: str | None = None
     max_model_len: int | None = None
+
+
+def check_count(values: list | None, cap: int, param: str, what: str) -> None:
+    if values is not None and len(values) > cap:
+        raise BadRequestError(f"{param} has {len(values)} {what}; this server allows at most {cap}", param=param)
 
 
 class ModelList(BaseModel):

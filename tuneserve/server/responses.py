@@ -6,6 +6,8 @@ is reshaped into output items, or, streaming, into the Responses event sequence.
 """
 
 import itertools
+import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -18,12 +20,10 @@ from pydantic import RootModel, ValidationError
 from tuneserve.server.chat import ChatServing
 from tuneserve.server.chat_protocol import ChatCompletionChunk, ChatCompletionResponse
 from tuneserve.server.errors import BadRequestError, NotFoundError
-from tuneserve.server.metrics import RequestStats
 from tuneserve.server.protocol import Usage, new_id
 from tuneserve.server.responses_protocol import ResponsesRequest, input_messages
 
-MAX_STORED_RESPONSES = 1000
-
+logger = logging.getLogger("tuneserve.server")
 
 class ResponseBody(RootModel[dict]):
     """A response object, returned as JSON."""
@@ -38,40 +38,70 @@ class Stored:
     owner: str | None
     response: dict
     messages: list[dict]  # the conversation so far, as chat messages (instructions not included)
+    num_bytes: int = 0
 
 
 class ResponseStore:
-    """Responses kept for previous_response_id and GET: in memory, newest MAX_STORED_RESPONSES."""
+    """Responses kept for previous_response_id and GET, in memory, within a byte budget.
 
-    def __init__(self, max_size: int = MAX_STORED_RESPONSES):
-        self.items: OrderedDict[str, Stored] = OrderedDict()
-        self.max_size = max_size
+    Each key (owner) has a quota: past it, the key's own least recently used responses go, never
+    another key's. Past the whole budget, the key holding the most gives up its least recently used.
+    A response larger than a key's quota is not stored (a GET of it then answers 404).
+    """
 
-    def put(self, response_id: str, stored: Stored) -> None:
-        self.items[response_id] = stored
-        while len(self.items) > self.max_size:
-            self.items.popitem(last=False)
+    def __init__(self, max_bytes: int = 256 << 20, max_bytes_per_owner: int = 32 << 20):
+        self.max_bytes, self.max_bytes_per_owner = max_bytes, max_bytes_per_owner
+        self.by_owner: dict[str | None, OrderedDict[str, Stored]] = {}
+        self.num_bytes_by_owner: dict[str | None, int] = {}
+        self.num_bytes = 0
+
+    def put(self, response_id: str, stored: Stored) -> bool:
+        stored.num_bytes = len(json.dumps(stored.response)) + len(json.dumps(stored.messages))
+        if stored.num_bytes > self.max_bytes_per_owner:
+            logger.info("response %s not stored: %d bytes, above a key's quota of %d", response_id, stored.num_bytes, self.max_bytes_per_owner)
+            return False
+        owner = stored.owner
+        self.by_owner.setdefault(owner, OrderedDict())[response_id] = stored
+        self._count(owner, stored.num_bytes)
+        while self.num_bytes_by_owner[owner] > self.max_bytes_per_owner:
+            self._evict_oldest(owner)
+        while self.num_bytes > self.max_bytes:
+            self._evict_oldest(max(self.num_bytes_by_owner, key=self.num_bytes_by_owner.get))
+        return True
 
     def get(self, response_id: str, owner: str | None, param: str | None = None) -> Stored:
-        stored = self.items.get(response_id)
-        if stored is None or stored.owner != owner:  # another tenant's response does not exist for you
+        items = self.by_owner.get(owner, {})
+        stored = items.get(response_id)
+        if stored is None:  # another tenant's response does not exist for you
             raise NotFoundError(f"Response with id '{response_id}' not found.", param=param)
+        items.move_to_end(response_id)
         return stored
+
+    def _evict_oldest(self, owner: str | None) -> None:
+        _, stored = self.by_owner[owner].popitem(last=False)
+        self._count(owner, -stored.num_bytes)
+
+    def _count(self, owner: str | None, num_bytes: int) -> None:
+        self.num_bytes += num_bytes
+        self.num_bytes_by_owner[owner] = self.num_bytes_by_owner.get(owner, 0) + num_bytes
+        if not self.by_owner[owner]:
+            del self.by_owner[owner], self.num_bytes_by_owner[owner]
 
 
 class ResponsesServing:
-    def __init__(self, chat: ChatServing, store: ResponseStore | None = None):
+    def __init__(self, chat: ChatServing, store: ResponseStore):
         self.chat = chat
-        self.store = store or ResponseStore()
+        self.store = store
 
-    async def create(self, request: ResponsesRequest, lora_request: Any, stats: RequestStats):
+    async def create(self, request: ResponsesRequest, ctx: Any):
+        stats = ctx.stats
         history = self.store.get(request.previous_response_id, stats.owner, "previous_response_id").messages if request.previous_response_id else []
         try:
             chat_request = request.to_chat(history)
             conversation = history + input_messages(request.input)
         except (ValueError, ValidationError) as e:
             raise BadRequestError(_first_error(e), param="input") from None
-        result = await self.chat.create(chat_request, lora_request, stats)
+        result = await self.chat.create(chat_request, ctx)
         response_id = new_id("resp")
         if request.stream:
             return self._events(request, response_id, conversation, stats.owner, result)

@@ -12,7 +12,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneserve.server.chat_protocol import ChatCompletionRequest
-from tuneserve.server.protocol import INT32_MAX, MAX_LOGPROBS, OPENAI_IGNORED, OpenAIRequest, StreamOptions
+from tuneserve.server.protocol import INT32_MAX, MAX_LOGPROBS, OPENAI_IGNORED, OpenAIRequest, StreamOptions, check_count
+
+# OpenAI's limits on `metadata`.
+MAX_METADATA_PAIRS, MAX_METADATA_KEY_CHARS, MAX_METADATA_VALUE_CHARS = 16, 64, 512
 
 
 class FunctionTool(BaseModel):
@@ -78,6 +81,24 @@ class ResponsesRequest(OpenAIRequest):
             if kind != "function":
                 raise ValueError(f"tool type {kind!r} is not supported (function tools only)")
         return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _openai_metadata_limits(cls, v):
+        if v is None:
+            return v
+        if len(v) > MAX_METADATA_PAIRS:
+            raise ValueError(f"at most {MAX_METADATA_PAIRS} key-value pairs are allowed")
+        for key, value in v.items():
+            if len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"keys must be at most {MAX_METADATA_KEY_CHARS} characters")
+            if len(value) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(f"values must be at most {MAX_METADATA_VALUE_CHARS} characters (key {key!r})")
+        return v
+
+    def check_limits(self, config: Any) -> None:
+        check_count(self.input if isinstance(self.input, list) else None, config.max_messages, "input", "items")
+        check_count(self.tools, config.max_tools, "tools", "tools")
 
     @field_validator("background", "conversation", "prompt")
     @classmethod

@@ -86,13 +86,14 @@ class OpenAIServing:
         if name not in self.model.names and (self.adapters is None or name not in self.adapters.current):
             raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
-    def list_models(self, is_allowed=lambda name: True) -> ModelList:
+    def list_models(self, is_allowed=lambda name: True, show_paths: bool = True) -> ModelList:
+        """The base's names and the loaded adapters a key may use; filesystem paths (`root`) only
+        for keys that administer the server."""
         m = self.model
-        cards = [ModelCard(id=n, created=m.created, root=m.path, max_model_len=m.max_model_len) for n in m.names]
+        cards = [ModelCard(id=n, created=m.created, root=m.path if show_paths else None, max_model_len=m.max_model_len) for n in m.names]
         for name, version in (self.adapters.current.items() if self.adapters else []):
-            cards.append(
-                ModelCard(id=name, created=int(version.loaded_at), root=str(version.info.path), parent=m.names[0], max_model_len=m.max_model_len)
-            )
+            root = str(version.info.path) if show_paths else None
+            cards.append(ModelCard(id=name, created=int(version.loaded_at), root=root, parent=m.names[0], max_model_len=m.max_model_len))
         return ModelList(data=[c for c in cards if is_allowed(c.id)])
 
     # -- prompts ------------------------------------------------------------------------
@@ -144,24 +145,23 @@ class OpenAIServing:
     # -- generation ---------------------------------------------------------------------
 
     def generate(
-        self, prompt_ids: list[int], params: Any, request_id: str, lora_request: Any, stats: RequestStats,
+        self, prompt_ids: list[int], params: Any, request_id: str, lora_request: Any, ctx: Any,
         cache_salt: str | None = None, num_copies: int = 1,
     ) -> AsyncIterator[Any]:
         """Engine outputs (deltas) for one prompt; engine errors come out as TuneserveErrors.
 
         `num_copies` > 1 runs the request that many times as choices 0..num_copies-1: how
         `n` > 1 works with greedy decoding, which vLLM's sampler refuses (OpenAI accepts it).
-        The copies share the prompt's KV cache through the prefix cache.
-        Closing this iterator early (client gone, timeout) closes vLLM's, which aborts the request.
+        The copies share the prompt's KV cache through the prefix cache. The request context
+        (`ctx`, lifecycle.RequestContext) owns every stream: when the request ends, however it
+        ends, each is closed, which aborts its engine request if it still runs.
         """
         if num_copies == 1:
-            return self._generate(prompt_ids, params, request_id, lora_request, stats, cache_salt)
-        copies = [self._generate(prompt_ids, params, f"{request_id}-c{i}", lora_request, stats, cache_salt) for i in range(num_copies)]
+            return ctx.own(self._generate(prompt_ids, params, request_id, lora_request, ctx.stats, cache_salt))
+        copies = [ctx.own(self._generate(prompt_ids, params, f"{request_id}-c{i}", lora_request, ctx.stats, cache_salt)) for i in range(num_copies)]
         return _as_choices(copies)
 
     async def _generate(self, prompt_ids, params, request_id, lora_request, stats, cache_salt) -> AsyncIterator[Any]:
-        if stats.reserve_tokens is not None:
-            stats.reserve_tokens(len(prompt_ids) + params.max_tokens * params.n)
         stats.num_prompt_tokens += len(prompt_ids)
         prompt = tokens_prompt(prompt_ids, cache_salt)
         stream = self.engine.generate(prompt, params, request_id, lora_request=lora_request)
@@ -223,31 +223,43 @@ async def primed_all(streams: list[AsyncIterator[Any]]) -> list[AsyncIterator[An
 
     The engine validates a request when it is admitted (a bad structured-output schema, say);
     waiting turns those failures into a proper HTTP status instead of a mid-stream error event.
-    Each returned iterator replays its first output.
+    The first failure cancels the others and closes every stream (aborting what started). Each
+    returned iterator replays its first output.
     """
-    results = await asyncio.gather(*(_primed(s) for s in streams), return_exceptions=True)
-    failures = [r for r in results if isinstance(r, BaseException)]
-    if failures:
-        for r in results:
-            if not isinstance(r, BaseException):
-                await r.aclose()
-        raise failures[0]
-    return results
-
-
-async def _primed(outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
     try:
-        first = await anext(outputs)
-    except StopAsyncIteration:
-        first = None
+        firsts = await gather_or_cancel(*(_first(s) for s in streams))
+    except BaseException:
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+        raise
+    return [_replay(first, stream) for first, stream in zip(firsts, streams, strict=True)]
 
-    async def replay():
-        try:
-            if first is not None:
-                yield first
-                async for item in outputs:
-                    yield item
-        finally:
-            await outputs.aclose()
 
-    return replay()
+async def gather_or_cancel(*awaitables: Any) -> list[Any]:
+    """All results; the first failure cancels the rest (and waits for them to unwind) and is raised."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+_END = object()
+
+
+async def _first(outputs: AsyncIterator[Any]) -> Any:
+    return await anext(outputs, _END)
+
+
+async def _replay(first: Any, outputs: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        if first is not _END:
+            yield first
+            async for item in outputs:
+                yield item
+    finally:
+        await outputs.aclose()

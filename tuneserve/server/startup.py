@@ -60,20 +60,30 @@ def load_keys(api_key: str | None, api_keys_file: str | None):
         keys = KeysFile.model_validate(data or {})
     except ValidationError as e:  # messages and field paths only: pydantic's input values are not shown
         raise StartupError(f"--api-keys {path}: " + describe_validation_error(e).replace("\n", "; ")) from None
-    return Authenticator.from_specs(api_key, keys.keys)
+    try:
+        return Authenticator.from_specs(api_key, keys.keys)
+    except ValueError as e:  # a keys-file tenant named like the --api-key one
+        raise StartupError(f"--api-keys {path}: {e} (the --api-key tenant is named 'api-key')") from None
 
 
-def check_adapters(adapters: dict[str, str], base, max_rank: int) -> None:
-    """Every --adapter NAME=PATH passes the same checks as the admin API, before the engine starts."""
-    from tuneserve.server.adapter_checks import check_adapter, check_name
+def prepare_adapters(adapters: dict[str, str], base, max_rank: int, snapshots) -> dict:
+    """Every --adapter NAME=PATH snapshotted and checked as the admin API does, before the engine
+    starts (the registry then loads these same checked copies)."""
+    from tuneserve.server.adapter_checks import check_name
+    from tuneserve.server.adapters import check_snapshot
     from tuneserve.server.errors import TuneserveError
+    from tuneserve.server.snapshots import max_adapter_bytes
 
+    prepared = {}
     for name, path in adapters.items():
+        source = Path(path).expanduser().resolve()
         try:
             check_name(name, base)
-            check_adapter(Path(path).expanduser().resolve(), base, max_rank)
+            snapshot = snapshots.take(source, max_adapter_bytes(base.weight_shapes, max_rank))
+            prepared[name] = check_snapshot(snapshot, source, base, max_rank)
         except TuneserveError as e:
             raise StartupError(f"--adapter {name}={path}: {e.message}") from None
+    return prepared
 
 
 def check_adapters_file(path: str | None) -> None:

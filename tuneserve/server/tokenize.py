@@ -1,5 +1,6 @@
 """POST /tokenize and /detokenize in vLLM's shapes: text or chat messages in, token ids out."""
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -7,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tuneserve.server.chat import ChatServing
 from tuneserve.server.chat_protocol import ChatCompletionRequest, ChatMessage, Tool
 from tuneserve.server.errors import BadRequestError
+from tuneserve.server.protocol import check_count
 
 
 class TokenizeRequest(BaseModel):
@@ -23,6 +25,10 @@ class TokenizeRequest(BaseModel):
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[Tool] | None = None
     return_token_strs: bool = False
+
+    def check_limits(self, config: Any) -> None:
+        check_count(self.messages, config.max_messages, "messages", "messages")
+        check_count(self.tools, config.max_tools, "tools", "tools")
 
     @model_validator(mode="after")
     def _one_input(self):
@@ -57,18 +63,39 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
-def tokenize(chat: ChatServing, request: TokenizeRequest, model: str) -> TokenizeResponse:
-    s = chat.serving
-    if request.messages is not None:
-        ids = chat.encode(request.as_chat(model))
-    else:
-        ids = s.encode_prompt(request.prompt, request.add_special_tokens is not False)
-    strs = s.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
-    return TokenizeResponse(count=len(ids), max_model_len=s.model.max_model_len, tokens=ids, token_strs=strs)
+class Tokenizing:
+    """POST /tokenize: through the request lifecycle like inference (a key's limits, admission)."""
+
+    generates = False
+
+    def __init__(self, chat: ChatServing):
+        self.chat = chat
+
+    async def create(self, request: TokenizeRequest, ctx) -> TokenizeResponse:
+        s = self.chat.serving
+        model = request.model or s.model.names[0]
+        ctx.require_model(model)
+        if request.messages is not None:
+            ids = await asyncio.to_thread(self.chat.encode, request.as_chat(model))
+        else:
+            ids = await asyncio.to_thread(s.encode_prompt, request.prompt, request.add_special_tokens is not False)
+        strs = s.tokenizer.convert_ids_to_tokens(ids) if request.return_token_strs else None
+        return TokenizeResponse(count=len(ids), max_model_len=s.model.max_model_len, tokens=ids, token_strs=strs)
 
 
-def detokenize(chat: ChatServing, request: DetokenizeRequest) -> DetokenizeResponse:
-    return DetokenizeResponse(prompt=chat.serving.tokenizer.decode(chat.serving.encode_prompt(request.tokens, param="tokens")))
+class Detokenizing:
+    """POST /detokenize: at most the model's context length of tokens."""
+
+    generates = False
+
+    def __init__(self, chat: ChatServing):
+        self.chat = chat
+
+    async def create(self, request: DetokenizeRequest, ctx) -> DetokenizeResponse:
+        s = self.chat.serving
+        ctx.require_model(request.model or s.model.names[0])
+        check_count(request.tokens, s.model.max_model_len, "tokens", "tokens")
+        return DetokenizeResponse(prompt=s.tokenizer.decode(s.encode_prompt(request.tokens, param="tokens")))
 
 
 def tokenizer_info(tokenizer: Any) -> dict:

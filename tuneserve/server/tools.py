@@ -160,7 +160,7 @@ class ToolCallReader:
 def _is_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -177,7 +177,7 @@ def _calls_from_array(text: str) -> list[ToolCall]:
             pos += 1
         try:
             item, pos = decoder.raw_decode(text, pos)
-        except ValueError:
+        except (ValueError, RecursionError):
             break
         items.append(item)
     return [
