@@ -54,4 +54,47 @@ def render_report(rows: list[dict], exitstatus: int) -> str:
     ]
     for r in rows:
         lines.append(f"| {r['category']} | {r['count']:,} | {r['result']} | {r['figures']} | `{r['test']}` |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + ["", *caps_table()]) + "\n"
+
+
+# What a client controls, and the setting that bounds it (ServeConfig fields: flag --name-with-dashes).
+SERVER_CAPS = [
+    ("request body", "max_request_bytes", "413"),
+    ("engine requests of one request (prompts x n)", "max_choices_per_request", "400"),
+    ("engine requests of one key at once (keys file: max_parallel_requests)", "max_parallel_requests_per_key", "waits its turn; 429 past as many waiting"),
+    ("engine requests of the whole server", "max_queued_requests", "503 + Retry-After"),
+    ("chat messages, Responses input items, arena messages", "max_messages", "400"),
+    ("tools (functions)", "max_tools", "400"),
+    ("stop_token_ids, bad_words, logit_bias entries (each)", "max_token_list_len", "400"),
+    ("text a guard reads in a guarded request", "max_guard_chars", "400 guard_input_too_large"),
+    ("max_tokens", "max_tokens_cap", "400"),
+    ("request time, sending included", "request_timeout_s", "504, or a timeout event in a stream"),
+    ("a stream whose client stops reading", "send_timeout_s", "the stream ends, freeing its holds"),
+    ("stored Responses, all keys", "max_stored_responses_mib", "least recently used of the largest holder go"),
+    ("stored Responses, one key", "max_stored_responses_mib_per_key", "that key's least recently used go"),
+    ("arena battles waiting for a vote, one key", "max_open_battles_per_key", "its oldest goes (and any unvoted after a day)"),
+]
+COMPUTED_DEFAULTS = {"max_parallel_requests_per_key": "half the engine's max_num_seqs (keys-file tenants; the one --api-key: none)"}
+FIXED_CAPS = [  # OpenAI's own limits, and the keys file's per-key budgets
+    ("n", "fixed", "128", "400"), ("stop sequences", "fixed", "4", "400"),
+    ("logprobs / top_logprobs / prompt_logprobs", "fixed", "20", "400"),
+    ("Responses metadata", "fixed", "16 pairs, keys of 64 and values of 512 characters", "400"),
+    ("detokenize tokens", "fixed", "the model's context length", "400"),
+    ("requests and tokens per minute", "keys file: `requests_per_minute`, `tokens_per_minute`", "none", "429 + Retry-After"),
+]
+
+
+def caps_table() -> list[str]:
+    """Every size a client controls and what bounds it, read from the server's own settings."""
+    from tuneserve.server.config import ServeConfig
+
+    lines = ["## Caps: what a client controls, and what bounds it", "",
+             "Each server cap is a `tuneserve serve` flag (and YAML key) with the default below; OpenAI's own limits are fixed.",
+             "Engine requests are counted per choice: a completion of 4 prompts with `n: 2` is 8.", "",
+             "| what | setting | default | beyond it |", "|---|---|---|---|"]
+    for what, name, beyond in SERVER_CAPS:
+        default = ServeConfig.model_fields[name].default
+        default = COMPUTED_DEFAULTS.get(name, "none" if default is None else f"{default:,}")
+        lines.append(f"| {what} | `--{name.replace('_', '-')}` | {default} | {beyond} |")
+    lines += [f"| {what} | {setting} | {limit} | {beyond} |" for what, setting, limit, beyond in FIXED_CAPS]
+    return lines

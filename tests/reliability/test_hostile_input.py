@@ -38,7 +38,7 @@ OUT_OF_RANGE = [
     ("logit_bias key a superscript digit", CHAT, chat(logit_bias={"\u00b2": 1}), "logit_bias"),  # str.isdigit() took it: a 500
     ("stop_token_ids past the cap", CHAT, chat(stop_token_ids=list(range(300))), "stop_token_ids"),
     ("bad_words past the cap", CHAT, chat(bad_words=["x"] * 300), "bad_words"),
-    ("messages past the cap", CHAT, chat(messages=[{"role": "user", "content": "hi"}] * 1100), "messages"),
+    ("messages past the cap", "/tokenize", {"model": MODEL, "messages": [{"role": "user", "content": "hi"}] * 1100}, "messages"),
     ("prompts past the cap", COMPLETIONS, {"model": MODEL, "prompt": [[1]] * 129, "max_tokens": 1}, "prompt"),
     ("tools past the cap", CHAT, chat(tools=[{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]), "tools"),
     ("arena messages not messages", "/v1/arena/battles", {"messages": [{"foo": 1}]}, None),  # a 500 before

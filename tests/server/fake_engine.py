@@ -19,6 +19,8 @@ class FakeEngine:
     fault: str | None = None
     num_tokens: int = 4
     token_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0  # the prefill: how long a request waits for its first token
+    num_yielded: dict[str, int] = field(default_factory=dict)  # tokens each request id produced
     aborted: list[str] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
     loras: set[int] = field(default_factory=set)
@@ -45,7 +47,8 @@ class FakeEngine:
                     raise RuntimeError("worker crashed")
                 if self.fault == "second_prompt_fails" and request_id.endswith("-1") and i == 1:
                     raise RuntimeError("worker crashed")
-                await asyncio.sleep(self.token_delay_s)
+                await asyncio.sleep(self.first_token_delay_s if i == 0 and self.first_token_delay_s else self.token_delay_s)
+                self.num_yielded[request_id] = i + 1
                 last = i == self.num_tokens - 1
                 reason = None
                 if self.fault in ("engine_abort", "engine_error") and i == 1:

@@ -5,6 +5,7 @@ import contextlib
 import json
 import time
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -80,14 +81,16 @@ def test_a_failing_prompt_aborts_its_siblings(tokenizer):
     assert aborted_suffixes == ["0", "2"]  # both siblings stopped, long before their 200 tokens
 
 
-def test_a_prompt_refused_before_its_first_token_aborts_the_siblings_that_started(tokenizer):
-    """The failure came while the others waited for their first token: they were left running."""
-    engine = FakeEngine(fault="second_prompt_refused", num_tokens=200, token_delay_s=0.005)
+def test_a_prompt_refused_before_its_first_token_stops_its_siblings_at_once(tokenizer):
+    """The failure came while the others waited for their first token: the response waited for
+    them and they were left to run on until garbage collection."""
+    engine = FakeEngine(fault="second_prompt_refused", num_tokens=200, token_delay_s=0.005, first_token_delay_s=1.0)
     model = ServedModel(names=[MODEL], path="/fake", max_model_len=2048)
     client = TestClient(create_app(ServeConfig(), engine, tokenizer, model), raise_server_exceptions=False)
     response = client.post("/v1/completions", json={"model": MODEL, "prompt": ["a", "b", "c"], "max_tokens": 200})
     assert_openai_error(response, 500)
     assert sorted(rid.rsplit("-", 1)[-1] for rid in engine.aborted) == ["0", "2"]
+    assert engine.num_yielded == {}  # cancelled in their prefill: not one token
 
 
 def test_the_echoed_prompts_logprobs_are_built_once_for_all_n_choices(tokenizer, monkeypatch):
@@ -118,23 +121,41 @@ def test_when_one_battle_answer_fails_the_other_is_aborted(tokenizer, tmp_path):
     asyncio.run(registry.load("dates", ADAPTERS["dates"]))
     model = ServedModel(names=[MODEL], path="/fake", max_model_len=4096)
     config = ServeConfig(playground=True, arena_db=str(tmp_path / "arena.sqlite"))
-    client = TestClient(create_app(config, engine, tokenizer, model, registry), raise_server_exceptions=False)
-    response = client.post("/v1/arena/battles", json={"messages": [{"role": "user", "content": "hi"}], "models": [MODEL, "dates"]})
-    assert_openai_error(response, 500)
-    assert len(engine.aborted) == 1 and engine.aborted[0].startswith("chatcmpl")  # the base's answer, stopped early
+    with serving(create_app(config, engine, tokenizer, model, registry)) as url:
+        body = {"messages": [{"role": "user", "content": "hi"}], "models": [MODEL, "dates"], "max_tokens": 2000}
+        assert_openai_error(httpx.post(f"{url}/v1/arena/battles", json=body, timeout=30), 500)
+        time.sleep(0.5)  # the server's loop runs on: an answer left running would still be generating
+        assert len(engine.aborted) == 1 and engine.aborted[0].startswith("chatcmpl")  # the base's answer, stopped
+        assert max(engine.num_yielded.values()) < 200  # of its 2,000 tokens
+
+
+@contextlib.contextmanager
+def serving(app):
+    """`app` behind a real HTTP server (uvicorn in a thread), whose event loop outlives each request."""
+    import threading
+
+    import uvicorn
+
+    from tuneserve.bench.server_process import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 @pytest.fixture()
 def live_fake(tokenizer):
     """A real HTTP server (uvicorn in a thread) over a slow fake engine with one adapter; the
     engine's event log also records when admission slots and adapter holds are released."""
-    import asyncio
-    import threading
-
-    import uvicorn
-
     from tests.helpers import ADAPTERS
-    from tuneserve.bench.server_process import free_port
     from tuneserve.models import resolve_model
     from tuneserve.server.adapters import AdapterRegistry
     from tuneserve.server.main import served_base
@@ -155,15 +176,8 @@ def live_fake(tokenizer):
         engine.events.append(("release", "adapter"))
 
     registry.hold = logged_hold
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield engine, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield engine, url
 
 
 def wait_for(condition, timeout_s: float = 10) -> None:
