@@ -90,7 +90,7 @@ def test_a_huge_guarded_system_prompt_is_refused_and_never_stalls_the_loop(serve
     with LoopWatch(server.base_url) as watch, as_key(server, CANARY_KEY) as tenant:
         response = tenant.post("/v1/chat/completions", json=body)
     error = assert_openai_error(response, 400, code="guard_input_too_large")
-    assert "65,536" in error["message"]
+    assert "16,384" in error["message"]
     assert max(watch.latencies) < 1.0
 
 

@@ -11,7 +11,8 @@ from tuneserve.models.errors import ModelError
 
 
 class Classifier:
-    """Label probabilities for texts: the base with the adapter merged in, bf16, on the CPU."""
+    """Label probabilities for texts: the base with the adapter merged in, on the CPU (bf16 where
+    the CPU computes it natively, else float32)."""
 
     def __init__(self, model: Any, tokenizer: Any, labels: list[str]):
         self.model, self.tokenizer, self.labels = model, tokenizer, labels
@@ -25,6 +26,7 @@ class Classifier:
 
         from tuneserve.artifacts import read_manifest
         from tuneserve.models import resolve_model
+        from tuneserve.models.engine import has_fast_bf16
 
         adapter_dir = Path(adapter_dir)
         manifest = read_manifest(adapter_dir)
@@ -35,7 +37,8 @@ class Classifier:
             if manifest is None:
                 raise ModelError(f"{adapter_dir}: no tuneserve.json to name its base model")
             model_dir = resolve_model(manifest.base_model["name"])
-        base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels), dtype=torch.bfloat16)
+        dtype = torch.bfloat16 if has_fast_bf16() else torch.float32
+        base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels), dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         base.config.pad_token_id = base.config.pad_token_id or base.config.eos_token_id  # as in training
         model = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
@@ -57,26 +60,27 @@ class Classifier:
         rows = torch.tensor(self.logits(texts, max_length, batch_size)).softmax(-1)
         return [dict(zip(self.labels, row.tolist(), strict=True)) for row in rows]
 
-    def window_probabilities(self, texts: list[str], window: int = 512, overlap: int = 64,
-                             batch_tokens: int = 8192) -> tuple[list[dict[str, float]], int]:
+    def window_probabilities(self, texts: list[str], window: int = 512, overlap: int = 64, batch_tokens: int = 8192,
+                             is_cancelled=lambda: False) -> tuple[list[dict[str, float]], int]:
         """Label probabilities of every `window`-token piece of every text (consecutive pieces
         overlap by `overlap` tokens), so that nothing past the first window goes unread; and the
-        number of tokens scored. Pieces are batched by length, up to `batch_tokens` a batch."""
+        number of tokens scored. Identical pieces are scored once; pieces are batched by length,
+        up to `batch_tokens` a batch; `is_cancelled` is asked between batches (the rest is skipped)."""
         import torch
 
         step = window - overlap
-        pieces = []
+        pieces: set[tuple[int, ...]] = set()
         for ids in self.tokenizer(texts, add_special_tokens=True).input_ids:
-            pieces += [ids[i:i + window] for i in range(0, max(1, len(ids) - overlap), step)] if ids else []
-        pieces.sort(key=len)
+            pieces |= {tuple(ids[i:i + window]) for i in range(0, max(1, len(ids) - overlap), step)} if ids else set()
+        ordered = sorted(pieces, key=len)
         rows: list[list[float]] = []
         start = 0
-        while start < len(pieces):
+        while start < len(ordered) and not is_cancelled():
             end = start + 1
-            while end < len(pieces) and len(pieces[end]) * (end + 1 - start) <= batch_tokens:
+            while end < len(ordered) and len(ordered[end]) * (end + 1 - start) <= batch_tokens:
                 end += 1
-            batch = self.tokenizer.pad({"input_ids": pieces[start:end]}, return_tensors="pt")
+            batch = self.tokenizer.pad({"input_ids": [list(p) for p in ordered[start:end]]}, return_tensors="pt")
             with torch.inference_mode():
                 rows += self.model(**batch).logits.float().softmax(-1).tolist()
             start = end
-        return [dict(zip(self.labels, row, strict=True)) for row in rows], sum(map(len, pieces))
+        return [dict(zip(self.labels, row, strict=True)) for row in rows], sum(map(len, ordered[:len(rows)]))

@@ -109,7 +109,7 @@ class ServeConfig(BaseModel):
         256, ge=1, description="Most entries in each of stop_token_ids, bad_words and logit_bias (400 beyond)."
     )
     max_guard_chars: int = Field(
-        65536, ge=1, description="Most characters a guard reads in one guarded request: the client text the input guard "
+        16384, ge=1, description="Most characters a guard reads in one guarded request: the client text the input guard "
         "scores, the system prompt the output guard protects (400 beyond).",
     )
     max_stored_responses_mib: float = Field(
