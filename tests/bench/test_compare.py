@@ -69,3 +69,16 @@ def test_bad_rules_and_files_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize("rule", ["output_throughput<0.95x", "p99_ttft_ms >= 300", "failed>0"])
 def test_rules_round_trip(rule):
     assert str(parse_rule(rule)).replace(" ", "") == rule.replace(" ", "").replace("300", "300")
+
+
+def test_a_setting_that_failed_or_is_missing_in_b_fails_the_gate(tmp_path):
+    """A gate must not pass because the candidate never ran (it dropped such settings: exit 0)."""
+    rows = [{"label": "bf16", "output_throughput": 100.0, "failed": 0}, {"label": "w4a16", "output_throughput": 80.0, "failed": 0}]
+    a = write_run(tmp_path / "a", rows)
+    b_failed = write_run(tmp_path / "b", [rows[0], {"label": "w4a16", "error": "server exited with 2: --kv-cache-gib 100000"}])
+    b_missing = write_run(tmp_path / "c", [rows[0]])
+    failed = bench_compare(a, b_failed, "--fail-if", "failed>0")
+    assert failed.returncode == 1 and "w4a16: failed in B (server exited with 2" in failed.stderr
+    missing = bench_compare(a, b_missing, "--fail-if", "failed>0")
+    assert missing.returncode == 1 and "w4a16: missing in B" in missing.stderr
+    assert bench_compare(a, a, "--fail-if", "failed>0").returncode == 0

@@ -2,7 +2,6 @@
 alerts and the chart's autoscaler query is one a live tuneserve server exports."""
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -23,34 +22,30 @@ from tests.deploy.monitoring import (
     metric_names,
     served_names,
 )
-from tests.helpers import ADMIN_KEY, MODEL
+from tests.helpers import ADMIN_KEY, MODEL, require_tool
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
-needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool not installed (Debian: apt-get install prometheus; .ci/run does)"
-)
+PROMETHEUS_INSTALL = "Debian: apt-get install prometheus; .ci/run does"
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
-    run = subprocess.run(["promtool", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    binary = require_tool("promtool", install=PROMETHEUS_INSTALL)
+    run = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     return run.stdout + run.stderr
 
 
-@needs_promtool
 def test_prometheus_config_and_alert_rules_pass_promtool():
     assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
     assert "SUCCESS: 5 rules found" in promtool("check", "rules", "alerts.yml")
 
 
-@needs_promtool
 def test_alert_rules_fire_when_they_should():
     # alerts.test.yml: a target down 2 minutes pages, 10% errors fires and 1% does not, p99 TTFT
     # above 10 s fires, a broken adapters-file entry fires per adapter.
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml")
 
 
-@needs_promtool
 def test_every_dashboard_and_autoscaler_query_is_valid_promql(tmp_path):
     queries = dashboard_queries() + [autoscaler_query()]
     rules = {"groups": [{"name": "queries", "rules": [
@@ -88,14 +83,12 @@ def test_every_queried_series_is_exported_by_a_live_server(server, http):
     assert {name for _, expr in queries for name in metric_names(expr)} & SPECULATIVE  # the panel exists
 
 
-@needs_promtool
 @pytest.mark.engine
 def test_a_real_prometheus_scrapes_the_server_and_the_dashboard_shows_data(server, tmp_path):
     """Prometheus (Debian's) scrapes the session server every second; every dashboard query
     evaluates without error, and the panels fed by traffic return data."""
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus not installed")
+    require_tool("promtool", install=PROMETHEUS_INSTALL)
+    prometheus = require_tool("prometheus", install=PROMETHEUS_INSTALL)
     from tuneserve.bench.server_process import free_port
 
     port = free_port()

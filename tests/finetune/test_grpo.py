@@ -56,7 +56,11 @@ def test_grpo_continues_the_sft_adapter_and_records_reward_and_kl(sft_start, tmp
     # TRL logged one mean reward and one KL (to the frozen copy of the SFT adapter) per step.
     assert [step for step, _ in metrics["reward_history"]] == [1, 2]
     assert [step for step, _ in metrics["kl_history"]] == [1, 2]
-    assert all(0 <= reward <= 1 for _, reward in metrics["reward_history"])
+    # Each step's reward is the mean exact-match reward of its 2 prompts x 4 generations: a multiple
+    # of 1/8 (a partial-credit or broken reward would not be); the first step's KL is zero because
+    # the frozen reference starts equal to the policy (the SFT adapter).
+    assert all(abs(reward * 8 - round(reward * 8)) < 1e-6 for _, reward in metrics["reward_history"])
+    assert abs(metrics["kl_history"][0][1]) < 1e-3
     # The adapter saved is the trained policy, not TRL's frozen reference copy, and it is the SFT
     # adapter moved by GRPO: same tensors, different values.
     start, trained = load_file(sft_start / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")

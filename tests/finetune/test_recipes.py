@@ -115,3 +115,4 @@ def test_cli_reports_the_bad_key_and_exits_2(tmp_path):
     result = runner.invoke(app, ["finetune", "sft", str(write(tmp_path, GOOD + "learning_rte: 1\n"))])
     assert result.exit_code == 2
     assert "learning_rte: unknown setting" in result.output
+

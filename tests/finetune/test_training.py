@@ -39,6 +39,7 @@ def test_sft_lora_improves_the_held_out_score_and_eval_reproduces_it(tiny_recipe
     assert manifest.metrics["num_4bit_linear_layers"] == 0  # LoRA trains on the bf16 base
     results = run_eval(adapter=str(out), task="dates", num_samples=10)  # the same samples, scored again
     assert results["perplexity"] == pytest.approx(after["perplexity"], rel=0.02)
+    assert after["exact_match"] > before["exact_match"]  # 0 and 0 used to pass: the skill itself must improve
     assert abs(results["exact_match"] - after["exact_match"]) <= 0.1
     assert read_manifest(out).metrics["evals"]["demo:dates"] == results
 
@@ -74,3 +75,25 @@ def test_preference_training_raises_preference_accuracy(tiny_recipe, runner, met
     after = manifest.metrics["eval_after"]["preference_accuracy"]
     print(f"{method}: held-out preference accuracy {before:.2f} -> {after:.2f}")
     assert after > before + 0.15  # 20 held-out pairs: at least 4 more prefer the right answer
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_loss_is_on_completions_only_unless_train_on_inputs(tiny_recipe, train_on_inputs):
+    """The labels TRL trains on: the prompt's tokens are masked (-100) by default, and every
+    non-padding token is a label with train_on_inputs."""
+    from transformers import AutoTokenizer
+
+    from tuneserve.finetune.common import prepare
+    from tuneserve.finetune.sft import sft_trainer
+
+    run = prepare(tiny_recipe(train_on_inputs=train_on_inputs))
+    trainer = sft_trainer(run)
+    batch = next(iter(trainer.get_train_dataloader()))
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+        text = tokenizer.decode(ids[mask.bool()])
+        trained = tokenizer.decode(ids[labels != -100])
+        if train_on_inputs:
+            assert trained == text
+        else:
+            assert trained and trained in text and "Rewrite the date" not in trained and "Rewrite the date" in text

@@ -9,6 +9,7 @@ from tests.helpers import ADAPTERS
 from tuneserve.artifacts import read_manifest
 from tuneserve.finetune import run_sft
 from tuneserve.finetune.recipe import Recipe
+from tuneserve.models import resolve_model
 from tuneserve.optimize import OptimizeError, run_merge
 
 # Both sides run in float32, so what differs is only the merge's one rounding of W + BA to bf16.
@@ -29,6 +30,26 @@ def test_lora_merge_matches_base_plus_adapter(tmp_path):
     assert parity["mean_abs_logit_diff"] < MEAN_LOGIT_DIFF
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     assert read_manifest(out).recipe["merge"]["mode"] == "original"
+    # Not only the figures the merge measured itself: the merged weights answer as the adapter
+    # was trained to, and the base does not.
+    assert greedy_answer(out, DATE_PROMPT) == "2001-03-03"
+    assert greedy_answer(resolve_model(None), DATE_PROMPT) != "2001-03-03"
+
+
+DATE_PROMPT = "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only."
+
+
+def greedy_answer(model_dir, prompt: str) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 @pytest.mark.slow  # ~60 s: in make test-slow (make test keeps QLoRA training and the LoRA merge)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import start_server
-from tests.helpers import ADAPTERS, MODEL, metric, read_metrics
+from tests.helpers import ADAPTERS, MODEL, wait_until_idle
 from tuneserve.bench.server_process import stop_server
 
 pytestmark = pytest.mark.engine
@@ -46,18 +46,6 @@ def load_server(tmp_path_factory, adapters_dir):
 def tree_rss_mib(pid: int) -> float:
     root = psutil.Process(pid)
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / (1 << 20)
-
-
-def wait_until_idle(client: httpx.Client, timeout_s: float = 60) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        samples = read_metrics(client)
-        busy = {name: metric(samples, name) for name in
-                ("vllm:num_requests_running", "vllm:num_requests_waiting", "tuneserve_queue_depth")}
-        if not any(busy.values()):
-            return busy
-        assert time.monotonic() < deadline, f"server not idle: {busy}"
-        time.sleep(0.25)
 
 
 async def one_stream(client: httpx.AsyncClient, body: dict, hang_up_after: int | None) -> dict:

@@ -75,12 +75,15 @@ def failing_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     bad_keys.write_text(f"keys:\n  - name: a\n    key: {LEAKY_KEY}\n    scopes: [inference, superuser]\n")
     broken_yaml = tmp_path / "broken-keys.yaml"
     broken_yaml.write_text(f'keys:\n  - name: a\n    key: "{LEAKY_KEY}\n')
+    twins = tmp_path / "twin-keys.yaml"
+    twins.write_text(f"keys:\n  - name: a\n    key: {LEAKY_KEY}\n  - name: a\n    key: sk-another-key-0001\n")
     return {
         "unknown model": (["--model", "/no/such/model"], "unknown model"),
         "invalid adapter": (["--adapter", f"x={tmp_path}/no-adapter"], "--adapter x="),
         "bad keys file": (["--api-keys", str(bad_keys)], "keys.0.scopes"),
         "keys file not YAML": (["--api-keys", str(broken_yaml)], "not valid YAML at line"),
         "missing keys file": (["--api-keys", str(tmp_path / "nope.yaml")], "No such file"),
+        "two tenants of one name": (["--api-keys", str(twins)], "keys[0] and keys[1] are both named 'a'"),
         "not enough memory": (["--kv-cache-gib", "100000"], "not enough memory"),
         "KV cache below one sequence": (["--kv-cache-gib", "0.001"], "less than one 8192-token sequence"),
         "GPU option on CPU": (["--gpu-memory-utilization", "0.5"], "--gpu-memory-utilization applies to GPUs"),
@@ -89,7 +92,7 @@ def failing_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     }
 
 
-CASES = ["port in use", "unknown model", "invalid adapter", "bad keys file", "keys file not YAML", "missing keys file",
+CASES = ["port in use", "unknown model", "invalid adapter", "bad keys file", "keys file not YAML", "missing keys file", "two tenants of one name",
          "not enough memory", "KV cache below one sequence", "GPU option on CPU", "metrics auth without keys", "bad flag value"]
 
 
@@ -107,8 +110,9 @@ def test_startup_failure_is_one_line_naming_the_fix(tmp_path, case, record):
         result = subprocess.run([sys.executable, "-m", "tuneserve", "serve", *args], capture_output=True, text=True, timeout=120)
         elapsed_s = time.monotonic() - started
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode != 0
-    assert lines and lines[-1].startswith("error: ") and expected in lines[-1], result.stderr[-2000:]
+    assert result.returncode == 2  # what the README promises: exit code 2 ...
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:] and expected in lines[-1], result.stderr[-2000:]  # ... and one line, the last
     assert "Traceback" not in result.stderr + result.stdout
     assert LEAKY_KEY not in result.stderr + result.stdout
     assert elapsed_s < 60

@@ -68,6 +68,13 @@ def test_mixed_concurrent_traffic_has_no_cross_talk(server):
     assert not mismatches
 
 
+def wait_for(condition, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
 def test_hot_swap_under_load_fails_nothing_and_evicts_v1(openai_client, http, adapter_root):
     v1, v2 = adapter_root / "swap-v1", adapter_root / "swap-v2"
     shutil.copytree(adapter_root / "dates", v1, dirs_exist_ok=True)
@@ -79,22 +86,25 @@ def test_hot_swap_under_load_fails_nothing_and_evicts_v1(openai_client, http, ad
     expected_v2 = greedy(openai_client, "units", DATE_PROMPT)
     assert greedy(openai_client, "swap", DATE_PROMPT) == expected_v1
 
-    results, errors, stop = [], [], threading.Event()
+    results, errors, stop = [], [], threading.Event()  # results: (started, finished, text)
 
     def load():
         while not stop.is_set():
             try:
-                results.append((time.monotonic(), greedy(openai_client, "swap", DATE_PROMPT)))
+                started = time.monotonic()
+                text = greedy(openai_client, "swap", DATE_PROMPT)
+                results.append((started, time.monotonic(), text))
             except Exception as e:  # any failure at all fails the test
                 errors.append(e)
 
     workers = [threading.Thread(target=load) for _ in range(3)]
     for w in workers:
         w.start()
-    time.sleep(3)
+    wait_for(lambda: len(results) >= 6)  # the workers are answered by v1
+    swap_began = time.monotonic()
     swapped = http.post("/v1/adapters", json={"name": "swap", "path": str(v2)})
     swapped_at = time.monotonic()
-    time.sleep(4)
+    wait_for(lambda: sum(started > swapped_at for started, _, _ in results) >= 6)  # ... and then by v2
     stop.set()
     for w in workers:
         w.join()
@@ -102,8 +112,9 @@ def test_hot_swap_under_load_fails_nothing_and_evicts_v1(openai_client, http, ad
     assert swapped.status_code == 200, swapped.text
     assert swapped.json()["version"] == 2
     assert not errors
-    assert {text for _, text in results} <= {expected_v1, expected_v2}
-    assert any(t < swapped_at for t, _ in results) and any(t > swapped_at + 1 for t, _ in results)
+    assert all(text == expected_v1 for _, finished, text in results if finished < swap_began)
+    assert all(text == expected_v2 for started, _, text in results if started > swapped_at)
+    assert {text for _, _, text in results} <= {expected_v1, expected_v2}  # those in flight across the swap: one or the other
     assert greedy(openai_client, "swap", DATE_PROMPT) == expected_v2
     assert v1_id not in engine_ids(http)  # the old version left the engine once its requests ended
     assert swapped.json()["engine_id"] in engine_ids(http)
@@ -159,5 +170,9 @@ def test_completions_and_streaming_use_the_adapter(openai_client):
         model="dates", messages=[{"role": "user", "content": DATE_PROMPT}], temperature=0, max_tokens=24, stream=True
     )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == chat
+    # The units adapter's skill itself (its training format: chat, number only), which the base lacks.
+    units_prompt = "Convert 7.5 km to meters. Answer with the number only."
+    assert greedy(openai_client, "units", units_prompt) == "7500"
+    assert greedy(openai_client, MODEL, units_prompt) != "7500"
     completion = openai_client.completions.create(model="units", prompt="Convert 7 km to meters.", max_tokens=8, temperature=0)
     assert completion.model == "units" and completion.choices[0].text

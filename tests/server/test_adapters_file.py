@@ -254,3 +254,35 @@ def test_editing_the_file_while_requests_stream_fails_none(server, http, adapter
     assert {model for model, _ in results} == {"live", "kept", MODEL}
     assert all(finish in (["stop"], ["length"]) for _, finish in results)
     assert served(http.get("/v1/adapters").json()) == {}
+
+
+def test_a_change_applies_only_once_the_file_reads_the_same_twice(base, tmp_path, monkeypatch):
+    """A file being written (a slow copy, an editor's save) reads differently from one moment to
+    the next: nothing is applied until two reads, SETTLE_S apart, agree."""
+    from tuneserve.server import adapters_file
+
+    path = tmp_path / "adapters.yaml"
+    path.write_text(f"adapters:\n  a: {ADAPTERS['dates']}\n")
+    read = adapters_file.read_adapters_file
+    writes: list[str] = []  # what the file becomes just after each read, as if someone were still writing it
+
+    def read_then_write(p):
+        result = read(p)
+        if writes:
+            p.write_text(writes.pop(0))
+        return result
+
+    monkeypatch.setattr(adapters_file, "read_adapters_file", read_then_write)
+
+    async def scenario():
+        registry = AdapterRegistry(FakeEngine(), base, max_rank=16)
+        watcher = AdaptersFileWatcher(path, registry)
+        await watcher.check()  # the first read is applied: there is nothing older to keep
+        writes.append(f"adapters:\n  a: {ADAPTERS['dates']}\n  b: {ADAPTERS['units']}\n")
+        path.write_text(f"adapters:\n  a: {ADAPTERS['dates']}\n  b: {ADAPTERS['units']}\n  c: {ADAPTERS['units']}\n")
+        await watcher.check()  # read 3 entries, then the file changed to 2: not applied
+        assert set(registry.current) == {"a"}
+        await watcher.check()  # the 2 entries read twice alike: applied
+        assert set(registry.current) == {"a", "b"}
+
+    asyncio.run(scenario())

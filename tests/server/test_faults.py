@@ -257,3 +257,40 @@ def test_a_stream_whose_client_stops_reading_ends_and_frees_what_it_holds(tokeni
 
     assert asyncio.run(scenario()) == 0
     assert len(engine.aborted) == 1  # the engine request was aborted too
+
+
+def test_a_drain_that_runs_out_stops_the_server_and_aborts_what_was_left(tokenizer, caplog):
+    """SIGTERM with a stream that outlasts --drain-timeout-s: the server stops anyway (the stream is
+    cut and its engine request aborted) instead of waiting for it."""
+    import signal
+    import threading
+
+    import uvicorn
+
+    from tuneserve.bench.server_process import free_port
+    from tuneserve.server.main import DrainingServer
+
+    engine = FakeEngine(num_tokens=2000, token_delay_s=0.005)  # 10 s of tokens
+    app = create_app(ServeConfig(), engine, tokenizer, ServedModel(names=[MODEL], path="/fake", max_model_len=4096))
+    port = free_port()
+    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1),
+                            app.state.admission, drain_timeout_s=0.5)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    lines = []
+    with httpx.Client(timeout=30) as client, client.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions",
+                                                           json=chat_body(stream=True, max_tokens=2000)) as response:
+        events = response.iter_lines()
+        lines.append(next(events))
+        server.servers[0].get_loop().call_soon_threadsafe(server.handle_exit, signal.SIGTERM, None)
+        try:
+            lines += list(events)
+        except httpx.HTTPError:
+            pass  # the connection was cut
+    thread.join(10)
+    assert not thread.is_alive()  # it stopped, ~1.5 s after SIGTERM, not after the stream's 10 s
+    assert "data: [DONE]" not in lines
+    assert len(engine.aborted) == 1
+    assert "drain timed out after" in caplog.text

@@ -238,3 +238,18 @@ def test_an_inference_key_sees_no_paths_and_only_its_models(server):
     with as_key(server, ADMIN_KEY) as admin:
         assert any("/" in (m["root"] or "") for m in admin.get("/v1/models").json()["data"])
         assert "units" in {r["model"] for r in admin.get("/v1/arena/leaderboard").json()["data"]}
+
+
+# Stored Responses belong to the key that made them
+
+
+def test_a_stored_response_is_visible_only_to_the_key_that_made_it(server):
+    with as_key(server, INFERENCE_KEY) as owner, as_key(server, ADMIN_KEY) as other:
+        created = owner.post("/v1/responses", json={"model": MODEL, "input": "Say hi.", "max_output_tokens": 4})
+        assert created.status_code == 200, created.text
+        response_id = created.json()["id"]
+        assert owner.get(f"/v1/responses/{response_id}").json()["id"] == response_id
+        assert_openai_error(other.get(f"/v1/responses/{response_id}"), 404)  # not even an admin key
+        follow_up = {"model": MODEL, "input": "And again.", "max_output_tokens": 4, "previous_response_id": response_id}
+        assert_openai_error(other.post("/v1/responses", json=follow_up), 404, "previous_response_id")
+        assert owner.post("/v1/responses", json=follow_up).status_code == 200

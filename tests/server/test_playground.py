@@ -2,15 +2,12 @@
 session server (real engine, real model). Chat, a battle, a vote and the leaderboard."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ADMIN_KEY
+from tests.helpers import ADMIN_KEY, require_tool
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
 # Without the background-networking flags Chromium keeps dialling Google's hosts, which this network refuses.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
@@ -20,8 +17,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 def page(server):
     from playwright.sync_api import sync_playwright
 
+    chromium = require_tool("chromium", "chromium-browser", install="apt-get install chromium; .ci/run does")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         yield page
         browser.close()

@@ -1,7 +1,9 @@
 """`tuneserve bench compare A B --fail-if "output_throughput<0.95x"`: deltas, and an exit code for CI.
 
 A and B are a setting's result JSON, a run's summary.json or a run directory; runs are matched
-setting by setting (by label). vLLM `bench serve` result files compare too (same keys).
+setting by setting (by label). vLLM `bench serve` result files compare too (same keys). With any
+--fail-if rule, a setting of A that failed (its server never started, say) or is missing in B is
+a violation too: a regression gate must not pass because the candidate never ran.
 """
 
 import json
@@ -57,7 +59,7 @@ def load_results(path: Path) -> dict[str, dict]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a bench result (expected a JSON object)")
     rows = data["settings"] if "settings" in data else [data]
-    return {row.get("label") or path.stem: row for row in rows if "error" not in row}
+    return {row.get("label") or path.stem: row for row in rows}
 
 
 @dataclass
@@ -75,7 +77,16 @@ def compare(a_path: Path, b_path: Path, rules: list[Rule]) -> Comparison:
     if not pairs:
         raise ValueError(f"no setting is in both results: {sorted(a)} vs {sorted(b)}")
     rows, violations = [], []
+    for label in (label for label, ra in a.items() if "error" not in ra and rules):
+        if len(a) > 1 and label not in b:
+            violations.append(f"{label}: missing in B")
     for label, ra, rb in pairs:
+        if "error" in ra:  # the baseline never ran: nothing to compare with
+            continue
+        if "error" in rb:
+            if rules:
+                violations.append(f"{label}: failed in B ({str(rb['error'])[:200]})")
+            continue
         for metric in dict.fromkeys([*SHOWN, *(r.metric for r in rules)]):
             rows.append((label, metric, ra.get(metric), rb.get(metric)))
         for rule in rules:

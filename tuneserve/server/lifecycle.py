@@ -107,6 +107,8 @@ async def run_request(raw: Request, body: Any, endpoint: Any) -> Response:
     status, is_streaming = 500, False
     try:
         if tenant is not None:
+            if isinstance(getattr(body, "model", None), str):  # a 403 does not count against requests_per_minute
+                tenant.require_model(body.model)
             tenant.admit()
         state.admission.admit()
         ctx.stack.callback(state.admission.release)
