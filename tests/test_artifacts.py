@@ -19,7 +19,7 @@ def test_existing_artifact_is_kept_unless_overwrite(tmp_path):
     final = tmp_path / "out"
     with atomic_artifact(final) as tmp:
         (tmp / "v").write_text("1")
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="set overwrite to replace it"):
         with atomic_artifact(final):
             pass
     with pytest.raises(RuntimeError):

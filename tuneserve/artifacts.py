@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneserve import __version__
+from tuneserve.errors import ArtifactExistsError
 
 MANIFEST_NAME = "tuneserve.json"
 
@@ -65,7 +66,7 @@ def write_manifest(artifact_dir: str | Path, manifest: Manifest) -> None:
 def refuse_existing(out: str | Path, overwrite: bool, what: str = "") -> None:
     """Fail early (before any expensive work) when `out` exists and may not be replaced."""
     if Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{what}{out} already exists (pass --overwrite to replace it)")
+        raise ArtifactExistsError(f"{what}{out} already exists (set overwrite to replace it)")
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+from tuneserve.errors import UserError
+
 
 def tuneserve_home() -> Path:
     """The cache directory (`$TUNESERVE_HOME`, default `~/.cache/tuneserve`)."""
@@ -14,7 +16,7 @@ def models_dir() -> Path:
     return tuneserve_home() / "models"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or flag that does not validate; the message names the bad field."""
 
 
@@ -49,3 +51,8 @@ def describe_validation_error(error, path=None) -> str:
             msg = str(err["ctx"]["error"])
         lines.append(f"{where}{field}: {msg}" if field else f"{where}{msg}")
     return "\n".join(lines)
+
+
+def bearer_headers(api_key: str | None) -> dict[str, str]:
+    """The Authorization header of a tuneserve (or any OpenAI-compatible) server, when there is a key."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -17,6 +17,9 @@ import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from tuneserve.config import load_config
+from tuneserve.errors import UserError
+
 CONFIG_HELP = "YAML file of these settings (flags override it)."
 
 
@@ -36,14 +39,18 @@ def cli_type(field: FieldInfo) -> Any:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
     origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
+    if origin is list:
+        return list[_scalar(typing.get_args(annotation)[0])]
+    if origin is dict:
+        return list[str]  # NAME=VALUE items, which the field's own validator parses
+    return _scalar(annotation)
+
+
+def _scalar(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is typing.Literal:
         values = typing.get_args(annotation)
         return int if all(isinstance(v, int) for v in values) else str
-    if origin in (list, dict):
-        return list[str]
-    if annotation in (bool, int, float, str, Path):
-        return annotation
-    return str
+    return annotation if annotation in (bool, int, float, str, Path) else str
 
 
 def metavar(field: FieldInfo) -> str:
@@ -55,46 +62,42 @@ def metavar(field: FieldInfo) -> str:
     return {int: "INTEGER", float: "NUMBER", Path: "PATH"}.get(cli_type(field), "TEXT")
 
 
-def options_of(model_cls: type[BaseModel], skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+def options_of(model_cls: type[BaseModel], positional: tuple[str, ...] = ()) -> list[inspect.Parameter]:
+    """One typer parameter per field: an Argument for the `positional` ones, else an Option."""
     params = []
     for name, field in model_cls.model_fields.items():
-        if name in skip:
-            continue
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         kind = cli_type(field)
-        option = typer.Option(*flag_name(name, field).split(" "), help=field.description, envvar=extra.get("envvar"),
-                              show_envvar="envvar" in extra, show_default=False, metavar=None if kind is bool else metavar(field))
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated[kind | None, option]))
-    return params
+        if name in positional:
+            info = typer.Argument(help=field.description, show_default=False, metavar=name.upper())
+            kind = kind | None
+        else:
+            info = typer.Option(*flag_name(name, field).split(" "), help=field.description, envvar=extra.get("envvar"),
+                                show_envvar="envvar" in extra, show_default=False, metavar=None if kind is bool else metavar(field))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, info]))
+    return sorted(params, key=lambda p: p.name not in positional)
 
 
 def command_from(
-    model_cls: type[BaseModel], run: Callable[[BaseModel], Any], doc: str, on_error: Callable[[str], None],
-    arguments: list[inspect.Parameter] = (),
+    model_cls: type[BaseModel], run: Callable[[BaseModel], Any], doc: str, on_error: Callable[[str], Any],
+    positional: tuple[str, ...] = (),
 ) -> Callable[..., Any]:
-    """A typer command function: `--config FILE` and one option per field of `model_cls`.
-
-    `arguments` (positional, e.g. a recipe path) reach `run` as model fields of the same name.
-    `on_error` reports a ConfigError's one-line message (and exits).
-    """
-    from tuneserve.config import ConfigError, load_config
-
+    """A typer command function: `--config FILE` and one option per field of `model_cls` (the
+    `positional` fields as arguments); it validates them into the model and calls `run(options)`.
+    A UserError from validation or from `run` goes to `on_error` (which prints it and exits)."""
     config = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
                                annotation=Annotated[Path | None, typer.Option(help=CONFIG_HELP)])
-    positional = [a.name for a in arguments]
-    params = [*arguments, config, *options_of(model_cls, skip=tuple(positional))]
+    params = [config, *options_of(model_cls, positional)]
 
     def command(**values: Any) -> Any:
         path = values.pop("config")
         given = {k: v for k, v in values.items() if v not in (None, [], ())}
         try:
-            settings = load_config(model_cls, path, **given)
-        except ConfigError as e:
+            return run(load_config(model_cls, path, **given))
+        except UserError as e:
             return on_error(str(e))
-        return run(settings)
 
-    command.__signature__ = inspect.Signature(params)
+    command.__signature__ = inspect.Signature(sorted(params, key=lambda p: p.name not in positional))
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
     return command

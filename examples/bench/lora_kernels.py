@@ -1,7 +1,7 @@
 """Micro-benchmark of the multi-LoRA ops on the default model's layer shapes: vLLM's CPU ops, and
 tuneserve's "stacked" and "grouped" strategies, side by side in one run (medians of repeats).
 
-It is what set `STACKED_MAX_COLUMNS` in tuneserve/models/lora_kernels.py: how many adapter
+It is what set `STACKED_MAX_COLUMNS` in tuneserve/engine/lora_kernels.py: how many adapter
 columns a layer may have before grouped beats stacked. The layer is SmolLM2-135M's qkv projection
 (576 -> 576 + 192 + 192) with rank-8 adapters of q_proj and v_proj (the committed examples)
 padded to the engine's max rank 16, as vLLM holds them; the base GEMM is shown for scale.
@@ -18,8 +18,8 @@ import torch
 from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-import tuneserve.models.lora_kernels as kernels
-from tuneserve.models.vllm_lora import GroupedPunicaWrapperCPU
+import tuneserve.engine.lora_kernels as kernels
+from tuneserve.engine.lora_ops import GroupedPunicaWrapperCPU
 
 HIDDEN, SLICES, RANK, MAX_RANK, SLOTS = 576, (576, 192, 192), 8, 16, 4
 

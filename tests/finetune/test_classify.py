@@ -13,7 +13,7 @@ from tuneserve.finetune.recipe import Recipe
 
 def test_classify_trains_a_loadable_seq_cls_adapter(tiny_recipe):
     """make test's smoke run (3 steps); the 30-step quality run below is in make test-slow."""
-    from tuneserve.models.classifier import Classifier
+    from tuneserve.evals.classifier import Classifier
 
     out = run_classify(tiny_recipe("classify", datasets=[{"path": "demo:guard"}], micro_batch_size=4))
     manifest = read_manifest(out)
@@ -46,8 +46,8 @@ def test_the_committed_guard_meets_its_held_out_figures():
     """examples/adapters/guard (classify-guard.yaml): at least 90% of held-out attacks at no more than 5% false positives."""
     from tests.helpers import GUARD_MODEL
     from tuneserve.data.guard import guard_samples
+    from tuneserve.evals.classifier import Classifier
     from tuneserve.finetune.classify import detection_report
-    from tuneserve.models.classifier import Classifier
 
     classifier = Classifier.load(GUARD_MODEL)
     samples = guard_samples("held_out")

@@ -25,7 +25,8 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the recipe was validated")
 
-    monkeypatch.setattr("tuneserve.models.training.load_for_training", refuse)
+    for module in ("common", "classify", "grpo", "reward"):  # where the stages call it
+        monkeypatch.setattr(f"tuneserve.finetune.{module}.load_for_training", refuse)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", refuse)
 
 
@@ -102,7 +103,7 @@ def test_set_overrides_keys_with_typed_values(tmp_path):
 
 def test_existing_output_dir_needs_overwrite(tmp_path):
     (tmp_path / "out").mkdir()
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="set overwrite to replace it"):
         prepare(load_recipe(write(tmp_path, GOOD), "sft", []))
 
 

@@ -28,7 +28,7 @@ def test_failed_conversion_leaves_no_partial_model(home, monkeypatch):
         (out_dir / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("tuneserve.models.gguf_import.convert_gguf", crash_half_way)
+    monkeypatch.setattr("tuneserve.models.resolve.convert_gguf", crash_half_way)
     with pytest.raises(RuntimeError, match="disk full"):
         import_model(DEFAULT_MODEL)
     assert list((home / "models").iterdir()) == []

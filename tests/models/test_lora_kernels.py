@@ -13,8 +13,8 @@ import torch
 from vllm.lora.layers.utils import LoRAMapping
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-import tuneserve.models.lora_kernels as kernels
-from tuneserve.models.vllm_lora import GroupedPunicaWrapperCPU
+import tuneserve.engine.lora_kernels as kernels
+from tuneserve.engine.lora_ops import GroupedPunicaWrapperCPU
 
 VOCAB = 1000
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}

@@ -4,8 +4,8 @@ and the LoRA-ops choice read from the environment the server sets."""
 import pytest
 from vllm.platforms.cpu import CpuPlatform
 
-from tuneserve.models import vllm_plugin
-from tuneserve.models.vllm_lora import ENV
+from tuneserve.engine import plugin as vllm_plugin
+from tuneserve.engine.plugin import LORA_KERNELS_ENV as ENV
 
 
 def test_on_an_unverified_vllm_nothing_is_patched_and_it_says_so(monkeypatch):
@@ -23,7 +23,7 @@ def test_the_cpu_punica_wrapper_follows_the_lora_kernels_choice(monkeypatch):
     vllm_plugin._install_cpu_lora_kernels()  # what register() does in every engine process
     vllm_plugin._install_cpu_lora_kernels()  # twice is harmless
     monkeypatch.delenv(ENV, raising=False)
-    assert CpuPlatform.get_punica_wrapper() == "tuneserve.models.vllm_lora.GroupedPunicaWrapperCPU"
+    assert CpuPlatform.get_punica_wrapper() == "tuneserve.engine.lora_ops.GroupedPunicaWrapperCPU"
     monkeypatch.setenv(ENV, "vllm")
     assert CpuPlatform.get_punica_wrapper() == "vllm.lora.punica_wrapper.punica_cpu.PunicaWrapperCPU"
     monkeypatch.setenv(ENV, "fast")

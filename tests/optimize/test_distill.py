@@ -4,6 +4,7 @@ import httpx
 import openai
 import pytest
 import torch
+from pydantic import ValidationError
 
 from tests.conftest import start_server
 from tests.deploy.monitoring import SPECULATIVE, served_names
@@ -11,6 +12,7 @@ from tuneserve.artifacts import read_manifest
 from tuneserve.bench.server_process import stop_server
 from tuneserve.optimize import OptimizeError, run_distill
 from tuneserve.optimize.distill import distill_loss, student_layers
+from tuneserve.optimize.options import DistillOptions
 
 PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "Name three colors."]
 
@@ -36,7 +38,7 @@ def test_distill_loss_is_zero_only_when_the_distributions_match():
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     out = tmp_path_factory.mktemp("distill") / "student"
-    return run_distill(None, str(out), data="all", student_layers_count=8, steps=30, batch_size=8, eval_samples=10)
+    return run_distill(DistillOptions(out=str(out), data="all", student_layers=8, steps=30, batch_size=8, eval_samples=10))
 
 
 def test_distilled_student_beats_the_untrained_student(student):
@@ -76,12 +78,12 @@ def _greedy(client, model, prompt):
 
 
 def test_bad_inputs_are_refused(tmp_path):
-    with pytest.raises(OptimizeError, match="exactly one of --student-layers N or --student REF"):
-        run_distill(None, str(tmp_path / "a"))
+    with pytest.raises(ValidationError, match="give one of student_layers"):
+        DistillOptions(out=str(tmp_path / "a"))
     with pytest.raises(OptimizeError, match="unknown demo task"):
-        run_distill(None, str(tmp_path / "a"), data="poetry", student_layers_count=4)
-    with pytest.raises(OptimizeError, match="--steps and the batch size must be at least 1"):
-        run_distill(None, str(tmp_path / "a"), student_layers_count=4, steps=0)
+        run_distill(DistillOptions(out=str(tmp_path / "a"), data="poetry", student_layers=4))
+    with pytest.raises(ValidationError, match="steps"):
+        DistillOptions(out=str(tmp_path / "a"), student_layers=4, steps=0)
     (tmp_path / "exists").mkdir()
-    with pytest.raises(FileExistsError, match="--overwrite"):  # the one check every stage shares
-        run_distill(None, str(tmp_path / "exists"), student_layers_count=4)
+    with pytest.raises(FileExistsError, match="set overwrite to replace it"):  # the one check every stage shares
+        run_distill(DistillOptions(out=str(tmp_path / "exists"), student_layers=4))

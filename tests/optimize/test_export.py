@@ -7,12 +7,13 @@ import sys
 from tests.helpers import ADAPTERS
 from tuneserve.artifacts import read_manifest
 from tuneserve.optimize import run_merge
+from tuneserve.optimize.options import ExportOptions, MergeOptions
 
 
 def test_merged_adapter_exports_to_gguf_and_round_trips(tmp_path):
     import gguf
 
-    merged = run_merge(str(ADAPTERS["dates"]), str(tmp_path / "merged"))
+    merged = run_merge(MergeOptions(adapter=str(ADAPTERS["dates"]), out=str(tmp_path / "merged")))
     out = tmp_path / "dates-gguf"
     result = subprocess.run([sys.executable, "-m", "tuneserve", "optimize", "export", "--model", str(merged), "--out", str(out), "--type", "f16"],
                             capture_output=True, text=True, timeout=900)
@@ -66,7 +67,7 @@ def test_q8_0_bf16_and_f32_write_their_tensor_types_and_read_back(tmp_path):
     with safe_open(next(source_dir.glob("*.safetensors")), "pt") as f:
         source = f.get_tensor("model.layers.0.mlp.down_proj.weight").float().numpy()
     for gguf_type, stored in [("f32", "F32"), ("bf16", "BF16"), ("q8_0", "Q8_0")]:
-        out = run_export(None, str(tmp_path / gguf_type), gguf_type, check=gguf_type == "q8_0")
+        out = run_export(ExportOptions(out=str(tmp_path / gguf_type), type=gguf_type, check=gguf_type == "q8_0"))
         reader = gguf.GGUFReader(out / "model.gguf")
         tensor = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
         assert tensor.tensor_type.name == stored

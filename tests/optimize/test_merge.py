@@ -11,6 +11,7 @@ from tuneserve.finetune import run_sft
 from tuneserve.finetune.recipe import Recipe
 from tuneserve.models import resolve_model
 from tuneserve.optimize import OptimizeError, run_merge
+from tuneserve.optimize.options import MergeOptions
 
 # Both sides run in float32, so what differs is only the merge's one rounding of W + BA to bf16.
 # Measured on the committed dates adapter (2026-11-25): max |logit diff| 0.21, mean 0.021 over
@@ -22,7 +23,7 @@ MEAN_LOGIT_DIFF = 0.06
 
 
 def test_lora_merge_matches_base_plus_adapter(tmp_path):
-    out = run_merge(str(ADAPTERS["dates"]), str(tmp_path / "merged"))
+    out = run_merge(MergeOptions(adapter=str(ADAPTERS["dates"]), out=str(tmp_path / "merged")))
     parity = read_manifest(out).metrics["parity"]
     print("LoRA merge parity:", parity)
     assert parity["greedy_agreement"] == 1.0 and parity["token_agreement"] == 1.0
@@ -60,8 +61,8 @@ def test_qlora_merge_dequantizes_the_4bit_base_first(tmp_path):
         output_dir=str(tmp_path / "qlora"),
     )
     adapter = run_sft(recipe)
-    dequantized = read_manifest(run_merge(str(adapter), str(tmp_path / "deq"))).metrics["parity"]
-    original = read_manifest(run_merge(str(adapter), str(tmp_path / "orig"), mode="original")).metrics["parity"]
+    dequantized = read_manifest(run_merge(MergeOptions(adapter=str(adapter), out=str(tmp_path / "deq")))).metrics["parity"]
+    original = read_manifest(run_merge(MergeOptions(adapter=str(adapter), out=str(tmp_path / "orig"), mode="original"))).metrics["parity"]
     print("QLoRA merge parity, dequantized:", dequantized, "original:", original)
     assert dequantized["mean_abs_logit_diff"] < original["mean_abs_logit_diff"]  # closer to what it trained on
     assert dequantized["token_agreement"] > original["token_agreement"]
@@ -75,15 +76,15 @@ def test_adapter_base_mismatch_is_refused(tmp_path):
     manifest["base_model"]["sha256"] = "f" * 64
     (adapter / "tuneserve.json").write_text(json.dumps(manifest))
     with pytest.raises(OptimizeError, match="adapter/base mismatch"):
-        run_merge(str(adapter), str(tmp_path / "out"))
+        run_merge(MergeOptions(adapter=str(adapter), out=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_inputs_are_refused(tmp_path):
     with pytest.raises(OptimizeError, match="not a PEFT adapter directory"):
-        run_merge(str(tmp_path), str(tmp_path / "out"))
+        run_merge(MergeOptions(adapter=str(tmp_path), out=str(tmp_path / "out")))
     with pytest.raises(OptimizeError, match="applies to QLoRA adapters"):
-        run_merge(str(ADAPTERS["dates"]), str(tmp_path / "out"), mode="dequantized")
+        run_merge(MergeOptions(adapter=str(ADAPTERS["dates"]), out=str(tmp_path / "out"), mode="dequantized"))
     (tmp_path / "exists").mkdir()
-    with pytest.raises(FileExistsError, match="--overwrite"):  # the one check every stage shares
-        run_merge(str(ADAPTERS["dates"]), str(tmp_path / "exists"))
+    with pytest.raises(FileExistsError, match="set overwrite to replace it"):  # the one check every stage shares
+        run_merge(MergeOptions(adapter=str(ADAPTERS["dates"]), out=str(tmp_path / "exists")))

@@ -2,12 +2,16 @@
 
 import openai
 import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from tests.conftest import start_server
 from tuneserve.artifacts import read_manifest
 from tuneserve.bench.server_process import stop_server
+from tuneserve.cli import app
 from tuneserve.optimize import OptimizeError, run_prune
-from tuneserve.optimize.prune import parse_structure, weight_sparsity
+from tuneserve.optimize.options import PruneOptions
+from tuneserve.optimize.prune import weight_sparsity
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +19,7 @@ def pruned_2of4(tmp_path_factory):
     # Quality is measured by the served answers below; the held-out evaluation (two more engines)
     # runs in the slow test, and in the README's figures.
     out = tmp_path_factory.mktemp("prune") / "model"
-    return run_prune(None, str(out), structure="2:4", samples=16, eval_samples=0)
+    return run_prune(PruneOptions(out=str(out), structure="2:4", samples=16, eval_samples=0))
 
 
 def test_2of4_pruning_writes_two_zeros_in_every_four_weights(pruned_2of4):
@@ -108,7 +112,7 @@ def test_pruned_model_is_served_by_tuneserve_serve(pruned_2of4, tmp_path):
 
 @pytest.mark.slow
 def test_2of4_pruned_then_w4a16_keeps_its_zeros_and_reports_quality(tmp_path):
-    out = run_prune(None, str(tmp_path / "model"), structure="2:4", quantize="w4a16", samples=32, eval_samples=10)
+    out = run_prune(PruneOptions(out=str(tmp_path / "model"), structure="2:4", quantize="w4a16", samples=32, eval_samples=10))
     metrics = read_manifest(out).metrics
     written = weight_sparsity(out, "2:4")  # unpacked from compressed-tensors' int4 words
     assert written["n_m_groups_conforming"] == 1.0
@@ -121,15 +125,21 @@ def test_2of4_pruned_then_w4a16_keeps_its_zeros_and_reports_quality(tmp_path):
 
 
 def test_bad_structure_or_sparsity_is_refused_before_anything_runs(tmp_path):
-    assert parse_structure("2:4", None) == (0.5, "2:4")
-    assert parse_structure("unstructured", 0.3) == (0.3, "0:0")
-    for structure, sparsity, field in [("4:2", None, "--structure"), ("2-4", None, "--structure"),
-                                       ("unstructured", None, "--sparsity"), ("unstructured", 1.5, "--sparsity"),
-                                       ("2:4", 0.3, "contradicts")]:
-        with pytest.raises(OptimizeError, match=field):
-            run_prune(None, str(tmp_path / "out"), structure=structure, sparsity=sparsity)
-    with pytest.raises(OptimizeError, match="--quantize"):
-        run_prune(None, str(tmp_path / "out"), quantize="w3a16")
+    assert (PruneOptions(out="o").target_sparsity, PruneOptions(out="o").mask) == (0.5, "2:4")
+    unstructured = PruneOptions(out="o", structure="unstructured", sparsity=0.3)
+    assert (unstructured.target_sparsity, unstructured.mask) == (0.3, "0:0")
+    for structure, sparsity, message in [("4:2", None, "must be N:M"), ("2-4", None, "must be N:M"),
+                                         ("unstructured", None, "needs a sparsity"), ("unstructured", 1.5, "sparsity"),
+                                         ("2:4", 0.3, "contradicts"), ("2:4", None, None)]:
+        if message is None:
+            PruneOptions(out="o", structure=structure, sparsity=sparsity)
+            continue
+        with pytest.raises(ValidationError, match=message):
+            PruneOptions(out="o", structure=structure, sparsity=sparsity)
+    with pytest.raises(ValidationError, match="quantize"):
+        PruneOptions(out="o", quantize="w3a16")
+    result = CliRunner().invoke(app, ["optimize", "prune", "--out", str(tmp_path / "out"), "--structure", "4:2"])
+    assert result.exit_code == 2 and "structure: must be N:M" in result.output
     assert not (tmp_path / "out").exists()
 
 
@@ -146,13 +156,13 @@ def test_fewer_zeros_than_asked_for_is_an_error_and_writes_nothing(tmp_path, mon
 
     monkeypatch.setattr(prune, "run_worker", dense_worker)
     with pytest.raises(OptimizeError, match=r"zeros, not the 50% asked for"):
-        run_prune(None, str(tmp_path / "out"), structure="2:4", samples=16, eval_samples=0)
+        run_prune(PruneOptions(out=str(tmp_path / "out"), structure="2:4", samples=16, eval_samples=0))
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow  # another SparseGPT run (~1 min): make test-slow
 def test_unstructured_pruning_writes_the_sparsity_asked_for_without_a_pattern(tmp_path):
-    out = run_prune(None, str(tmp_path / "s30"), structure="unstructured", sparsity=0.3, samples=16, eval_samples=0)
+    out = run_prune(PruneOptions(out=str(tmp_path / "s30"), structure="unstructured", sparsity=0.3, samples=16, eval_samples=0))
     zeros, total, conforming, groups = count_zeros(out)
     assert 0.29 <= zeros / total <= 0.35
     assert conforming / groups < 0.9  # zeros where they matter least, not two in every four

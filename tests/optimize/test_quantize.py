@@ -5,11 +5,13 @@ import re
 
 import openai
 import pytest
+from pydantic import ValidationError
 
 from tests.conftest import start_server
 from tuneserve.artifacts import read_manifest
 from tuneserve.bench.server_process import stop_server
 from tuneserve.optimize import OptimizeError, run_quantize
+from tuneserve.optimize.options import QuantizeOptions
 from tuneserve.optimize.quantize import group_size_for
 
 
@@ -17,7 +19,7 @@ from tuneserve.optimize.quantize import group_size_for
 @pytest.fixture(scope="module", params=["w4a16", pytest.param("w8a8", marks=pytest.mark.slow)])
 def quantized(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param) / "model"
-    return request.param, run_quantize(None, str(out), scheme=request.param, samples=64, eval_samples=10)
+    return request.param, run_quantize(QuantizeOptions(out=str(out), scheme=request.param, samples=64, eval_samples=10))
 
 
 def test_quantized_model_reports_size_and_quality(quantized):
@@ -81,17 +83,17 @@ def test_group_size_divides_the_layers():
 
 
 def test_bad_inputs_are_refused(tmp_path, monkeypatch):
-    with pytest.raises(OptimizeError, match="too few calibration samples"):
-        run_quantize(None, str(tmp_path / "a"), samples=4)
+    with pytest.raises(ValidationError, match="samples"):
+        QuantizeOptions(out=str(tmp_path / "a"), samples=4)
     (tmp_path / "data.jsonl").write_text('{"text": "only one line"}\n')
     with pytest.raises(OptimizeError, match="too few calibration samples: .* has 1"):
-        run_quantize(None, str(tmp_path / "a"), calibration=str(tmp_path / "data.jsonl"), samples=16)
+        run_quantize(QuantizeOptions(out=str(tmp_path / "a"), calibration=str(tmp_path / "data.jsonl"), samples=16))
     with pytest.raises(OptimizeError, match="unknown demo task"):
-        run_quantize(None, str(tmp_path / "a"), calibration="poetry")
+        run_quantize(QuantizeOptions(out=str(tmp_path / "a"), calibration="poetry"))
     (tmp_path / "exists").mkdir()
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        run_quantize(None, str(tmp_path / "exists"))
+    with pytest.raises(FileExistsError, match="set overwrite to replace it"):
+        run_quantize(QuantizeOptions(out=str(tmp_path / "exists")))
     monkeypatch.setenv("TUNESERVE_QUANTIZE_PYTHON", str(tmp_path / "no-python"))
     with pytest.raises(OptimizeError, match="make quantize-env"):
-        run_quantize(None, str(tmp_path / "a"), samples=16)
+        run_quantize(QuantizeOptions(out=str(tmp_path / "a"), samples=16))
     assert not (tmp_path / "a").exists()

@@ -46,7 +46,7 @@ def test_token_id_prompts_are_decoded_and_scored(tokenizer):  # they were never 
 def test_every_window_of_a_long_text_is_scored():
     """The classifier reads 512 tokens at a time: a text of 1,300 tokens is read as three windows
     that overlap, so an attack at its end is scored (it was cut off at the first 512 before)."""
-    from tuneserve.models.classifier import Classifier
+    from tuneserve.evals.classifier import Classifier
 
     class Spy:
         def __init__(self):

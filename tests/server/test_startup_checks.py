@@ -5,8 +5,8 @@ import os
 
 import pytest
 
+from tuneserve.engine.memory import GIB, MAX_DEFAULT_KV_CACHE_GIB, RUNTIME_OVERHEAD_GIB, plan_kv_cache
 from tuneserve.models import resolve_model
-from tuneserve.server.memory import GIB, MAX_DEFAULT_KV_CACHE_GIB, RUNTIME_OVERHEAD_GIB, plan_kv_cache
 from tuneserve.server.startup import StartupError, warn_if_exposed
 
 
@@ -48,7 +48,7 @@ def test_binding_beyond_loopback_without_keys_warns(caplog, host, warns):
 
 
 def test_parallel_ranks_split_the_kv_cache_memory(model_dir):
-    from tuneserve.server.memory import Parallelism
+    from tuneserve.engine import Parallelism
 
     one = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB)
     pp2 = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB, parallelism=Parallelism(pipeline=2))
@@ -67,8 +67,8 @@ def test_parallel_ranks_split_the_kv_cache_memory(model_dir):
     ({"pipeline_parallel_size": 2, "data_parallel_size": 2}, "4 engine ranks need at least 4 CPU cores"),
 ])
 def test_parallel_sizes_the_model_or_machine_cannot_take_fail_before_the_engine_starts(model_dir, flags, message):
+    from tuneserve.engine import check_parallelism
     from tuneserve.server.config import ServeConfig
-    from tuneserve.server.startup import check_parallelism
 
     config = ServeConfig(cpu_threads=2, **flags)
     with pytest.raises(StartupError, match=message):
@@ -77,7 +77,7 @@ def test_parallel_sizes_the_model_or_machine_cannot_take_fail_before_the_engine_
 
 
 def test_cpu_ranks_get_their_own_cores():
-    from tuneserve.models.engine import cpu_thread_env
+    from tuneserve.engine import cpu_thread_env
 
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 cores")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import httpx
 
+from tuneserve.data import demo_samples, task_names
+from tuneserve.engine import chat_prompt_ids
+
 GENERAL_PROMPTS = [
     "What is the capital of France?",
     "Write one sentence about the sea.",
@@ -25,7 +28,6 @@ GENERAL_PROMPTS = [
 
 def agreement_prompts(num_per_task: int = 10) -> list[str]:
     """The demo tasks' first held-out prompts, then general questions."""
-    from tuneserve.data import demo_samples, task_names
 
     return [s.prompt for t in task_names("all") for s in demo_samples(t, "held_out")[:num_per_task]] + GENERAL_PROMPTS
 
@@ -35,7 +37,6 @@ def reference_answers(model_dir: Path, prompts: list[str], max_tokens: int) -> l
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneserve.models.engine import chat_prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

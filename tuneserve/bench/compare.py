@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneserve.bench.errors import BenchError
+
 RULE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*(x?)\s*$")
 SHOWN = ("request_throughput", "output_throughput", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
          "p99_tpot_ms", "median_e2el_ms", "failed")
@@ -39,12 +41,12 @@ def parse_rule(text: str) -> Rule:
     """`output_throughput<0.95x` (relative to A) or `failed>0` (absolute)."""
     match = RULE.match(text)
     if not match:
-        raise ValueError(f"--fail-if {text!r}: expected METRIC<VALUE[x] or METRIC>VALUE[x], e.g. output_throughput<0.95x")
+        raise BenchError(f"fail_if {text!r}: expected METRIC<VALUE[x] or METRIC>VALUE[x], e.g. output_throughput<0.95x")
     metric, op, value, x = match.groups()
     try:
         return Rule(metric, op, float(value), bool(x))
     except ValueError:
-        raise ValueError(f"--fail-if {text!r}: {value!r} is not a number") from None
+        raise BenchError(f"fail_if {text!r}: {value!r} is not a number") from None
 
 
 def load_results(path: Path) -> dict[str, dict]:
@@ -55,9 +57,9 @@ def load_results(path: Path) -> dict[str, dict]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read bench result {path}: {e}") from None
+        raise BenchError(f"cannot read bench result {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a bench result (expected a JSON object)")
+        raise BenchError(f"{path} is not a bench result (expected a JSON object)")
     rows = data["settings"] if "settings" in data else [data]
     return {row.get("label") or path.stem: row for row in rows}
 
@@ -75,7 +77,7 @@ def compare(a_path: Path, b_path: Path, rules: list[Rule]) -> Comparison:
     else:
         pairs = [(label, a[label], b[label]) for label in a if label in b]
     if not pairs:
-        raise ValueError(f"no setting is in both results: {sorted(a)} vs {sorted(b)}")
+        raise BenchError(f"no setting is in both results: {sorted(a)} vs {sorted(b)}")
     rows, violations = [], []
     for label in (label for label, ra in a.items() if "error" not in ra and rules):
         if len(a) > 1 and label not in b:
@@ -91,7 +93,7 @@ def compare(a_path: Path, b_path: Path, rules: list[Rule]) -> Comparison:
             rows.append((label, metric, ra.get(metric), rb.get(metric)))
         for rule in rules:
             if not isinstance(ra.get(rule.metric), (int, float)) or not isinstance(rb.get(rule.metric), (int, float)):
-                raise ValueError(f"--fail-if {rule}: no numeric {rule.metric!r} in the results of {label!r}")
+                raise BenchError(f"fail_if {rule}: no numeric {rule.metric!r} in the results of {label!r}")
             if rule.is_violated(ra[rule.metric], rb[rule.metric]):
                 violations.append(f"{label}: {rule.metric} {ra[rule.metric]:.4g} -> {rb[rule.metric]:.4g} (fails {rule})")
     return Comparison(rows, violations)

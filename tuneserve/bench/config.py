@@ -5,7 +5,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuneserve.config import describe_validation_error
 from tuneserve.models.aliases import DEFAULT_MODEL
+from tuneserve.server import ServeConfig
 
 
 class Workload(BaseModel):
@@ -119,7 +121,6 @@ class BenchMatrix(BaseModel):
     def workload_for(self, setting: Setting) -> Workload:
         from pydantic import ValidationError
 
-        from tuneserve.config import describe_validation_error
 
         try:
             return Workload(**(self.workload.model_dump() | setting.workload))
@@ -130,8 +131,6 @@ class BenchMatrix(BaseModel):
         """The setting's `tuneserve serve` YAML, checked against ServeConfig (bad keys named)."""
         from pydantic import ValidationError
 
-        from tuneserve.config import describe_validation_error
-        from tuneserve.server import ServeConfig
 
         values = {"model": self.model, "seed": self.seed} | setting.serve
         try:

@@ -7,9 +7,13 @@ E2EL = time to the last token chunk; output tokens come from the server's `usage
 Goodput counts requests that meet every SLO (a one-token request has TPOT 0 for this purpose).
 """
 
+import re
+import statistics
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from tuneserve.bench.errors import BenchError
 
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -97,9 +101,24 @@ def parse_slo(text: str | None) -> dict[str, float]:
         name, sep, value = part.partition("=")
         name = name.strip().removesuffix("_ms")
         if not sep or name not in ("ttft", "tpot", "e2el"):
-            raise ValueError(f"--slo: {part!r} is not ttft_ms=N, tpot_ms=N or e2el_ms=N")
+            raise BenchError(f"slo: {part!r} is not ttft_ms=N, tpot_ms=N or e2el_ms=N")
         try:
             slo[name] = float(value)
         except ValueError:
-            raise ValueError(f"--slo: {part!r}: {value!r} is not a number") from None
+            raise BenchError(f"slo: {part!r}: {value!r} is not a number") from None
     return slo
+
+
+def slug(name: str) -> str:
+    """A setting's name as a file name."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "setting"
+
+
+SERVER_RATIOS = ("prefix_cache_hit_rate", "spec_decode_acceptance_rate")
+
+
+def server_medians(rate: dict) -> dict:
+    """Medians over repeats of the server-side ratios (vLLM's result key for spec decoding)."""
+    values = {key: [r["metrics"]["server"][key] for r in rate["repeats"] if key in r["metrics"].get("server", {})]
+              for key in SERVER_RATIOS}
+    return {key: statistics.median(v) for key, v in values.items() if v}

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 
 from tuneserve.bench.environment import describe
+from tuneserve.bench.errors import BenchError
+from tuneserve.bench.metrics import RequestResult, server_medians, slug, tpot_s
 
 COLUMNS = (  # (result key, header, format)
     ("request_throughput", "req/s", "{:.2f}"),
@@ -66,7 +68,6 @@ def _gib(num_bytes: int | None) -> str:
 
 
 def _results(run_dir: Path) -> list[dict]:
-    from tuneserve.bench.run import slug
 
     summary = load_summary(run_dir)
     results = []
@@ -108,7 +109,6 @@ def write_plots(run_dir: Path, out: Path) -> list[Path]:
 
 
 def _latency_plot(plt, results, summary, subtitle, out: Path) -> Path:
-    from tuneserve.bench.metrics import RequestResult, tpot_s
 
     fig, (ax_ttft, ax_tpot) = plt.subplots(1, 2, figsize=(11, 0.5 * len(results) + 2))
     ttfts, tpots = [], []
@@ -162,7 +162,7 @@ def include_table(text: str, name: str, table: str) -> str:
     `table`, so a document shows a run's table as the run printed it (never copied by hand)."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
-        raise ValueError(f"expected one {start} ... {end} block")
+        raise BenchError(f"expected one {start} ... {end} block")
     head, rest = text.split(start)
     _, tail = rest.split(end)
     return f"{head}{start}\n{table}\n{end}{tail}"
@@ -171,7 +171,6 @@ def include_table(text: str, name: str, table: str) -> str:
 def refresh_summary(run_dir: Path) -> None:
     """Re-derive the summary's per-setting figures from the setting JSONs (raw repeats), so a
     report made by a newer tuneserve shows what it computes from runs recorded by an older one."""
-    from tuneserve.bench.run import server_medians
 
     summary = load_summary(run_dir)
     by_label = {r["label"]: r for r in _results(run_dir)}

@@ -6,8 +6,6 @@ import contextlib
 import json
 import math
 import os
-import re
-import statistics
 import sys
 import tempfile
 import time
@@ -22,12 +20,15 @@ import yaml
 from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
 from tuneserve.bench.config import BenchMatrix, Setting
 from tuneserve.bench.environment import environment
-from tuneserve.bench.loadgen import run_load
-from tuneserve.bench.metrics import calculate_metrics, summarize_repeats
+from tuneserve.bench.loadgen import run_load, send
+from tuneserve.bench.metrics import calculate_metrics, server_medians, slug, summarize_repeats
+from tuneserve.bench.report import write_report
 from tuneserve.bench.server_process import free_port, launch, stop_server
 from tuneserve.bench.server_stats import PeakMemory, counter_deltas, scrape_counters
 from tuneserve.bench.workloads import BenchRequest, build_requests
-from tuneserve.models.engine import cpu_thread_env
+from tuneserve.config import bearer_headers
+from tuneserve.engine import cpu_thread_env, plan_kv_cache
+from tuneserve.models import resolve_model
 
 HEADLINE = ("request_throughput", "output_throughput", "median_ttft_ms", "median_tpot_ms", "p99_ttft_ms")
 
@@ -41,14 +42,8 @@ class Target:
     startup_s: float | None = None  # launch to ready; None for --url
 
 
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "setting"
-
-
 def vllm_serve_command(values: dict, port: int) -> list[str]:
     """`vllm serve` with the model, context, threads, KV cache and eager mode tuneserve would use."""
-    from tuneserve.models import resolve_model
-    from tuneserve.server.memory import plan_kv_cache
 
     model_dir = resolve_model(values["model"])
     dtype = values.get("dtype", "auto")
@@ -73,7 +68,7 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
     values = matrix.serve_config_for(setting)
     name = (values.get("served_model_name") or [values["model"]])[0]
     key = setting.api_key or os.environ.get("TUNESERVE_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = bearer_headers(key)
     if setting.url:
         yield Target(setting.url.rstrip("/"), None, _served_name(setting.url, name, headers), headers)
         return
@@ -103,7 +98,6 @@ def _served_name(url: str, wanted: str, headers: dict) -> str:
 
 
 async def _warm_up(client: httpx.AsyncClient, requests: list[BenchRequest], count: int) -> None:
-    from tuneserve.bench.loadgen import send
 
     for request in requests[:count]:
         await send(client, BenchRequest(request.model, request.messages, 8, True), 0.0, 0, 0.0)
@@ -161,16 +155,6 @@ def _rate(rate: float) -> str:
     return "inf" if math.isinf(rate) else f"{rate:g}/s"
 
 
-SERVER_RATIOS = ("prefix_cache_hit_rate", "spec_decode_acceptance_rate")
-
-
-def server_medians(rate: dict) -> dict:
-    """Medians over repeats of the server-side ratios (vLLM's result key for spec decoding)."""
-    values = {key: [r["metrics"]["server"][key] for r in rate["repeats"] if key in r["metrics"].get("server", {})]
-              for key in SERVER_RATIOS}
-    return {key: statistics.median(v) for key, v in values.items() if v}
-
-
 def setting_result(matrix: BenchMatrix, setting: Setting, measured: dict, env: dict) -> dict:
     """vLLM's result keys (medians over repeats at the first rate) plus tuneserve's."""
     first = measured["rates"][0]["summary"]
@@ -190,7 +174,6 @@ def setting_result(matrix: BenchMatrix, setting: Setting, measured: dict, env: d
 
 def run_bench(matrix: BenchMatrix, out_dir: Path, progress: Callable[[str], None] = print, overwrite: bool = False) -> Path:
     """Measure every setting of `matrix`; write `out_dir` (results, summary.json, report/)."""
-    from tuneserve.bench.report import write_report
 
     env = environment()
     with atomic_artifact(out_dir, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory() as log_dir:

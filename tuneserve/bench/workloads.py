@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneserve.bench.config import Workload
+from tuneserve.bench.errors import BenchError
+from tuneserve.data import demo_samples, task_names
 
 # Common English words that are one token each for Llama/SmolLM/GPT-style tokenizers, so that
 # `input_len` words is close to `input_len` tokens (the server's usage gives the exact count).
@@ -77,7 +79,7 @@ def sharegpt_prompts(path: Path, max_output_len: int) -> list[tuple[str, int, bo
     try:
         rows = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"workload.path: cannot read ShareGPT JSON {path}: {e}") from None
+        raise BenchError(f"workload.path: cannot read ShareGPT JSON {path}: {e}") from None
     prompts = []
     for row in rows if isinstance(rows, list) else []:
         turns = row.get("conversations") if isinstance(row, dict) else None
@@ -87,12 +89,11 @@ def sharegpt_prompts(path: Path, max_output_len: int) -> list[tuple[str, int, bo
         if isinstance(prompt, str) and isinstance(reply, str) and prompt.strip():
             prompts.append((prompt, max(1, min(max_output_len, len(reply.split()) * 4 // 3)), False))
     if not prompts:
-        raise ValueError(f"workload.path: {path} holds no ShareGPT conversations (a list of "
+        raise BenchError(f"workload.path: {path} holds no ShareGPT conversations (a list of "
                          '{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", ...}]})')
     return prompts
 
 
 def demo_prompts(task: str, max_output_len: int) -> list[tuple[str, int, bool]]:
-    from tuneserve.data import demo_samples, task_names
 
     return [(s.prompt, max_output_len, False) for t in task_names(task) for s in demo_samples(t, "held_out")]

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneserve.errors import UserError
+
 REQUIRED_KEYS = {
     "alpaca": ("instruction", "output"),
     "messages": ("messages",),
@@ -19,7 +21,7 @@ REQUIRED_KEYS = {
 }
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset that cannot be used; the message names the file, line and field."""
 
 

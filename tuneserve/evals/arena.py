@@ -22,6 +22,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneserve.config import bearer_headers
+from tuneserve.errors import UserError
+from tuneserve.evals.classifier import Classifier
+from tuneserve.evals.scoring import is_correct
+
 WINNERS = ("a", "b", "tie", "both_bad")
 OPEN_BATTLE_TTL_S = 24 * 3600  # a battle not voted on within a day is dropped
 INIT, SCALE, BASE, K = 1000.0, 400.0, 10.0, 4.0
@@ -187,7 +192,6 @@ class ExactJudge:
     name = "exact"
 
     def winner(self, sample, answer_a: str, answer_b: str) -> str:
-        from tuneserve.evals.scoring import is_correct
 
         a, b = is_correct(answer_a, sample), is_correct(answer_b, sample)
         return "a" if a and not b else "b" if b and not a else "tie" if a else "both_bad"
@@ -199,7 +203,6 @@ class RewardJudge:
     name = "reward"
 
     def __init__(self, reward_dir: str | Path, margin: float = 1e-3):
-        from tuneserve.models.classifier import Classifier
 
         self.model = Classifier.load(reward_dir, labels=["reward"])
         self.margin = margin
@@ -213,38 +216,59 @@ class RewardJudge:
         return "tie" if abs(a - b) < self.margin else "a" if a > b else "b"
 
 
-def judged_battles(base_url: str, api_key: str | None, judge, samples: list, num_battles: int, models: list[str] | None = None,
+class ArenaClient:
+    """The arena API of a running server, for the CLI and the automatic judges. Errors (the
+    server's, or an unreachable server) come out as ArenaError with the server's own message."""
+
+    def __init__(self, base_url: str, api_key: str | None = None, timeout_s: float = 600):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.Client(base_url=self.base_url, headers=bearer_headers(api_key), timeout=timeout_s)
+
+    def battle(self, messages: list[dict], models: list[str] | None = None, max_tokens: int = 64) -> dict:
+        body = {"messages": messages, "temperature": 0, "max_tokens": max_tokens} | ({"models": models} if models else {})
+        return self._call("POST", "/v1/arena/battles", json=body)
+
+    def vote(self, battle_id: str, winner: str, judge: str) -> dict:
+        return self._call("POST", f"/v1/arena/battles/{battle_id}/vote", json={"winner": winner, "judge": judge})
+
+    def leaderboard(self, judge: str | None = None) -> list[dict]:
+        return self._call("GET", "/v1/arena/leaderboard", params={"judge": judge} if judge else {})["data"]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        import httpx
+
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ArenaError(f"{self.base_url}: {e}") from None
+        if response.status_code != 200:
+            try:
+                message = response.json()["error"]["message"]
+            except Exception:
+                message = response.text[:300]
+            raise ArenaError(f"{method} {path}: {response.status_code} {message}")
+        return response.json()
+
+
+def judged_battles(arena: ArenaClient, judge, samples: list, num_battles: int, models: list[str] | None = None,
                    seed: int = 0, on_battle=None) -> int:
     """Run `num_battles` battles through a server's arena API, each voted by `judge`; returns the
     number of votes cast. Prompts cycle through `samples`; pairs are the server's random picks,
     or drawn from `models`."""
-    import httpx
-
     rng = random.Random(seed)
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
-        for i in range(num_battles):
-            sample = samples[i % len(samples)]
-            body = {"messages": sample.prompt, "temperature": 0, "max_tokens": 64}
-            if models:
-                body["models"] = rng.sample(models, 2)
-            battle = _ok(client.post("/v1/arena/battles", json=body))
-            winner = judge.winner(sample, battle["answers"]["a"], battle["answers"]["b"])
-            _ok(client.post(f"/v1/arena/battles/{battle['id']}/vote", json={"winner": winner, "judge": judge.name}))
-            if on_battle is not None:
-                on_battle(i + 1)
+    for i in range(num_battles):
+        sample = samples[i % len(samples)]
+        battle = arena.battle(sample.prompt, rng.sample(models, 2) if models else None)
+        arena.vote(battle["id"], judge.winner(sample, battle["answers"]["a"], battle["answers"]["b"]), judge.name)
+        if on_battle is not None:
+            on_battle(i + 1)
     return num_battles
 
 
-def _ok(response) -> dict:
-    if response.status_code != 200:
-        try:
-            message = response.json()["error"]["message"]
-        except Exception:
-            message = response.text[:300]
-        raise ArenaError(f"{response.request.method} {response.request.url.path}: {response.status_code} {message}")
-    return response.json()
-
-
-class ArenaError(RuntimeError):
+class ArenaError(UserError, RuntimeError):
     """A battle the server refused; the message carries its error."""

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneserve.artifacts import read_manifest, write_manifest
 from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, task_names, user
+from tuneserve.data.general import mentions
+from tuneserve.engine import chat_prompt_ids, start_eval_engine, tokens_prompt
+from tuneserve.models import ModelError, resolve_model
+from tuneserve.models.identity import read_adapter_config
+from tuneserve.models.merge import merge_lora
 
 MAX_NEW_TOKENS = 64
 
@@ -71,7 +77,6 @@ def is_exact_match(output: str, answer: str) -> bool:
 
 
 def is_correct(output: str, sample: EvalSample) -> bool:
-    from tuneserve.data.general import mentions
 
     if sample.match == "exact":
         return is_exact_match(output, sample.answer)
@@ -107,8 +112,6 @@ def run_eval(
 
     With an adapter that has a manifest, the results are stored in it under metrics.evals.
     """
-    from tuneserve.artifacts import read_manifest, write_manifest
-    from tuneserve.models import resolve_model
 
     samples = load_eval_samples(task, data, data_type, num_samples)
     adapter_dir = _adapter(adapter)
@@ -123,8 +126,6 @@ def run_eval(
 def _adapter(adapter: str | None) -> Path | None:
     if adapter is None:
         return None
-    from tuneserve.models import ModelError
-    from tuneserve.models.identity import read_adapter_config
 
     path = Path(adapter).expanduser()
     try:
@@ -145,7 +146,6 @@ def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | Non
     import gc
     import tempfile
 
-    from tuneserve.models.merge import merge_lora
 
     if not samples:
         raise DataError("nothing to evaluate: no samples")
@@ -167,7 +167,6 @@ async def greedy_answers(
     from transformers import AutoTokenizer
     from vllm import SamplingParams
 
-    from tuneserve.models.engine import start_eval_engine, tokens_prompt
 
     engine = start_eval_engine(model_dir)
 
@@ -191,7 +190,6 @@ async def greedy_answers(
 async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleScore]:
     from transformers import AutoTokenizer
 
-    from tuneserve.models.engine import start_eval_engine
 
     engine = start_eval_engine(model_dir)
     try:
@@ -223,12 +221,10 @@ class _Scorer:
         return await self._completion_logprob(sample.prompt, prompt_ids, sample.answer)
 
     def _template(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
-        from tuneserve.models.engine import chat_prompt_ids
 
         return chat_prompt_ids(self.tokenizer, messages, add_generation_prompt)
 
     async def _run(self, prompt_ids: list[int], params: Any) -> Any:
-        from tuneserve.models.engine import tokens_prompt
 
         async for out in self.engine.generate(tokens_prompt(prompt_ids), params, uuid.uuid4().hex):
             last = out

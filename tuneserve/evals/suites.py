@@ -14,9 +14,13 @@ import math
 import tempfile
 from pathlib import Path
 
+from tuneserve.artifacts import read_manifest, write_manifest
 from tuneserve.data import DataError, user
 from tuneserve.data.general import general_items
-from tuneserve.evals.scoring import EvalSample, SampleScore, _adapter, _Scorer, load_eval_samples, summarize
+from tuneserve.engine import start_eval_engine
+from tuneserve.evals.scoring import EvalSample, SampleScore, _adapter, _Scorer, evaluate, load_eval_samples, summarize
+from tuneserve.models import resolve_model
+from tuneserve.models.merge import merge_lora
 
 SUITES = ("demo", "demo:<task>", "general")
 
@@ -33,8 +37,6 @@ def suite_samples(suite: str, num_samples: int = 50) -> list[EvalSample]:
 
 def run_suite(suite: str, model: str | None = None, adapter: str | None = None, num_samples: int = 50) -> dict:
     """`tuneserve eval suite`: a suite's scores for a model, or a model plus adapter."""
-    from tuneserve.evals.scoring import evaluate
-    from tuneserve.models import resolve_model
 
     return evaluate(resolve_model(model), suite_samples(suite, num_samples), _adapter(adapter))
 
@@ -42,9 +44,6 @@ def run_suite(suite: str, model: str | None = None, adapter: str | None = None, 
 def forgetting_report(model: str | None = None, adapter: str | None = None, candidate: str | None = None) -> dict:
     """`tuneserve eval forgetting`: what `adapter` (on `model`) or the `candidate` model directory
     lost on the general suite against the base. Stored in the adapter's or candidate's manifest."""
-    from tuneserve.artifacts import read_manifest, write_manifest
-    from tuneserve.models import resolve_model
-    from tuneserve.models.merge import merge_lora
 
     if (adapter is None) == (candidate is None):
         raise DataError("give --adapter (on the base) or --candidate (a model directory), one of them")
@@ -73,7 +72,6 @@ async def _suite_scores(model_dir: Path, samples: list[EvalSample], reference_an
     `reference_answers` the log-prob of each of those as the answer, too."""
     from transformers import AutoTokenizer
 
-    from tuneserve.models.engine import start_eval_engine
 
     engine = start_eval_engine(model_dir)
     try:

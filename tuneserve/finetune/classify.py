@@ -7,8 +7,11 @@ arguments, checkpoints, resume and manifest as every other recipe.
 from pathlib import Path
 
 from tuneserve.data import DataError
+from tuneserve.data.guard import LABELS, guard_samples
+from tuneserve.evals.classifier import Classifier
 from tuneserve.finetune.common import Run, split, train_and_save, trl_args
 from tuneserve.finetune.recipe import Recipe
+from tuneserve.models.training import load_for_training, lora_config
 
 
 def run_classify(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
@@ -17,7 +20,6 @@ def run_classify(recipe: Recipe, resume: bool = False, overwrite: bool = False, 
 
 def label_names(run: Run) -> list[str]:
     """The recipe's labels, demo:guard's, or the data's sorted; every row's label must be one of them."""
-    from tuneserve.data.guard import LABELS
 
     found = sorted({row["label"] for row in run.rows})
     names = run.recipe.labels or (LABELS if any(s.path == "demo:guard" for s in run.recipe.datasets) else found)
@@ -32,7 +34,6 @@ def label_names(run: Run) -> list[str]:
 def classify_trainer(run: Run):
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from tuneserve.models.training import load_for_training, lora_config
 
     r = run.recipe
     labels = label_names(run)
@@ -65,9 +66,6 @@ def classifier_eval(run: Run, adapter_dir: Path | None) -> dict | None:
     """
     import torch
 
-    from tuneserve.data.guard import guard_samples
-    from tuneserve.models.classifier import Classifier
-    from tuneserve.models.training import load_for_training
 
     if run.recipe.eval_samples == 0 or not any(s.path == "demo:guard" for s in run.recipe.datasets):
         return None

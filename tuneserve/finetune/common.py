@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneserve.artifacts import Manifest, atomic_artifact, refuse_existing, write_manifest
+from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, refuse_existing, write_manifest
+from tuneserve.data import task_names
+from tuneserve.evals import evaluate, load_eval_samples
 from tuneserve.finetune.data import load_rows
+from tuneserve.finetune.launch import process_rank, run_workers
 from tuneserve.finetune.recipe import Recipe
 from tuneserve.models import resolve_model
 from tuneserve.models.identity import base_identity
+from tuneserve.models.training import load_for_training, lora_config
 
 logger = logging.getLogger("tuneserve.finetune")
 
@@ -43,7 +47,6 @@ def train_and_save(
     run = prepare(recipe, overwrite, resume)
     before = evaluate(run, None)
     if launch is not None and launch.is_distributed:
-        from tuneserve.finetune.launch import run_workers
 
         out = run_workers(launch, recipe, resume, overwrite)
         shutil.rmtree(recipe.work_dir(), ignore_errors=True)
@@ -126,7 +129,6 @@ def scaled_learning_rate(recipe: Recipe, world_size: int) -> float:
 
 
 def trl_args(run: Run, config_cls: type, has_eval: bool, **extra) -> Any:
-    from tuneserve.finetune.launch import process_rank
 
     r = run.recipe
     return config_cls(
@@ -165,7 +167,6 @@ def build_trainer(run: Run, trainer_cls, config_cls, head: str = "causal-lm", **
     """
     from transformers import AutoTokenizer
 
-    from tuneserve.models.training import load_for_training, lora_config
 
     r = run.recipe
     train, val = split(run)
@@ -248,8 +249,6 @@ def save(run: Run, trainer: Any, kind: str = "adapter", overwrite: bool = False,
 def demo_eval(run: Run, model_or_adapter: Path | None = None, score_outputs=None) -> dict | None:
     """Held-out demo scores of the base (None), an adapter dir, or a full model dir
     (`score_outputs(samples, greedy_outputs)` adds scores of its own)."""
-    from tuneserve.data import task_names
-    from tuneserve.evals import evaluate, load_eval_samples
 
     r = run.recipe
     tasks = sorted({t for spec in r.datasets if spec.is_demo for t in task_names(spec.path.removeprefix("demo:"))})
@@ -263,7 +262,6 @@ def demo_eval(run: Run, model_or_adapter: Path | None = None, score_outputs=None
 
 def record_eval(run: Run, out: Path, before: dict | None, after: dict | None) -> None:
     """Put before/after scores into the saved manifest (and print the comparison)."""
-    from tuneserve.artifacts import read_manifest
 
     if before is None or after is None:
         return

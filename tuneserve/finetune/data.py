@@ -4,6 +4,8 @@ import hashlib
 import json
 
 from tuneserve.data import DataError, DatasetSpec, assistant, demo_samples, file_rows, task_names, user
+from tuneserve.data.general import general_items
+from tuneserve.data.guard import guard_samples
 from tuneserve.finetune.recipe import PREFERENCE_METHODS, Recipe
 
 
@@ -31,7 +33,6 @@ def general_rows(num_task_rows: int, fraction: float, seed: int) -> list[dict]:
     scores, is never trained on."""
     import random
 
-    from tuneserve.data.general import general_items
 
     items = general_items("train")
     count = round(num_task_rows * fraction / (1 - fraction))
@@ -43,7 +44,6 @@ def general_rows(num_task_rows: int, fraction: float, seed: int) -> list[dict]:
 
 def demo_rows(spec: DatasetSpec, method: str) -> list[dict]:
     if spec.path == "demo:guard":
-        from tuneserve.data.guard import guard_samples
 
         return [{"text": s.text, "label": s.label} for s in guard_samples("train")]
     try:

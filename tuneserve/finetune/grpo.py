@@ -12,8 +12,15 @@ logged per step.
 from functools import partial
 from pathlib import Path
 
+from tuneserve.artifacts import read_manifest
+from tuneserve.data import DataError
+from tuneserve.evals.arena import RewardJudge
+from tuneserve.evals.scoring import is_exact_match
 from tuneserve.finetune.common import Run, demo_eval, train_and_save, trl_args
 from tuneserve.finetune.recipe import Recipe
+from tuneserve.models import ModelError
+from tuneserve.models.identity import read_adapter_config
+from tuneserve.models.training import load_for_training, lora_config
 
 
 def run_grpo(recipe: Recipe, resume: bool = False, overwrite: bool = False, launch=None) -> Path:
@@ -23,9 +30,6 @@ def run_grpo(recipe: Recipe, resume: bool = False, overwrite: bool = False, laun
 
 def check_inputs(recipe: Recipe) -> None:
     """The directories the recipe names exist and are what they should be (before a model loads)."""
-    from tuneserve.data import DataError
-    from tuneserve.models import ModelError
-    from tuneserve.models.identity import read_adapter_config
 
     if recipe.init_adapter is not None:
         try:
@@ -33,7 +37,6 @@ def check_inputs(recipe: Recipe) -> None:
         except ModelError as e:
             raise DataError(f"init_adapter: {e}") from None
     if recipe.reward != "exact":
-        from tuneserve.artifacts import read_manifest
 
         manifest = read_manifest(recipe.reward)
         if manifest is None or manifest.kind != "reward-model":
@@ -45,7 +48,6 @@ def grpo_trainer(run: Run):
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from tuneserve.models.training import load_for_training, lora_config
 
     r = run.recipe
     model = load_for_training(run.model_dir, r)
@@ -70,7 +72,6 @@ def reward_function(reward: str):
     """A TRL reward function: `exact`, or a reward model's score."""
     if reward == "exact":
         return exact_reward
-    from tuneserve.evals.arena import RewardJudge
 
     judge = RewardJudge(reward)
 
@@ -83,7 +84,6 @@ def reward_function(reward: str):
 
 def exact_reward(prompts, completions, answer, **_) -> list[float]:
     """1.0 where the completion is the reference answer (JSON answers compared by content), else 0.0."""
-    from tuneserve.evals.scoring import is_exact_match
 
     return [float(is_exact_match(completion[0]["content"], ref)) for completion, ref in zip(completions, answer, strict=True)]
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneserve.config import ConfigError
+from tuneserve.errors import UserError
 from tuneserve.finetune.recipe import Recipe
 
 logger = logging.getLogger("tuneserve.finetune")
@@ -23,7 +24,7 @@ logger = logging.getLogger("tuneserve.finetune")
 LAUNCH_FILE = "launch.json"  # in the checkpoint directory: what the workers run
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """The workers failed; the message carries the end of their log."""
 
 

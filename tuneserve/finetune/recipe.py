@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuneserve.config import ConfigError, load_config
 from tuneserve.data import DatasetSpec
 from tuneserve.models.aliases import DEFAULT_MODEL
 
@@ -128,7 +129,6 @@ def load_recipe(path: str | Path, method: str, sets: list[str], **flags) -> Reci
     """Recipe YAML + `--set key=value` overrides + flags; the subcommand fixes the method."""
     import yaml
 
-    from tuneserve.config import ConfigError, load_config
 
     overrides = dict(flags)
     for item in sets:

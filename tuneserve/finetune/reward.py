@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from tuneserve.evals import load_eval_samples
 from tuneserve.finetune.common import Run, build_trainer, train_and_save
 from tuneserve.finetune.recipe import Recipe
 from tuneserve.models.training import load_for_training
@@ -25,7 +26,6 @@ def pair_accuracy(run: Run, adapter_dir: Path | None) -> dict | None:
     import torch
     from transformers import AutoTokenizer
 
-    from tuneserve.evals import load_eval_samples
 
     if run.recipe.eval_samples == 0 or not any(spec.is_demo for spec in run.recipe.datasets):
         return None

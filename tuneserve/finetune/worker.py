@@ -7,14 +7,15 @@ import json
 import sys
 from pathlib import Path
 
+from tuneserve.finetune import TRAINERS
+from tuneserve.finetune.common import Run, fit, save
+from tuneserve.finetune.data import load_rows
+from tuneserve.finetune.launch import process_rank
+from tuneserve.finetune.recipe import Recipe
+from tuneserve.models import resolve_model
+
 
 def main(launch_file: str) -> None:
-    from tuneserve.finetune import TRAINERS
-    from tuneserve.finetune.common import Run, fit, save
-    from tuneserve.finetune.data import load_rows
-    from tuneserve.finetune.launch import process_rank
-    from tuneserve.finetune.recipe import Recipe
-    from tuneserve.models import resolve_model
 
     spec = json.loads(Path(launch_file).read_text())
     recipe = Recipe.model_validate(spec["recipe"])

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from tuneserve.models.training import quantization_config
+
 
 def load_with_adapter(base_dir: Path, adapter_dir: Path, quantization: dict | None = None, dequantize: bool = False, dtype: str = "bfloat16"):
     """The base in `dtype` (or 4-bit with `quantization`, the recipe's bnb_4bit_* settings; then
@@ -10,7 +12,6 @@ def load_with_adapter(base_dir: Path, adapter_dir: Path, quantization: dict | No
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneserve.models.training import quantization_config
 
     kwargs: dict = {"dtype": getattr(torch, dtype)}
     if quantization is not None:

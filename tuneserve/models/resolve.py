@@ -12,6 +12,7 @@ from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, write_
 from tuneserve.config import models_dir
 from tuneserve.models.aliases import ALIASES, DEFAULT_MODEL
 from tuneserve.models.errors import ModelError
+from tuneserve.models.gguf_import import convert_gguf
 from tuneserve.models.identity import base_identity
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -47,7 +48,6 @@ def import_model(ref: str, force: bool = False) -> Path:
     out_dir = models_dir() / name
     if read_manifest(out_dir) is not None and not force:
         return out_dir
-    from tuneserve.models.gguf_import import convert_gguf
 
     with atomic_artifact(out_dir, overwrite=True) as tmp:
         convert_gguf(gguf_path, tmp)

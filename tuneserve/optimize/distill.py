@@ -10,14 +10,20 @@ trained student are scored on the same held-out demo samples.
 import math
 from pathlib import Path
 
-from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.artifacts import Manifest, atomic_artifact, refuse_existing, write_manifest
+from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, spread, task_names
+from tuneserve.engine import chat_prompt_ids
+from tuneserve.evals import evaluate, greedy_answers, load_eval_samples
+from tuneserve.models import model_facts, resolve_model
+from tuneserve.models.identity import base_identity
 from tuneserve.optimize.errors import OptimizeError
+from tuneserve.optimize.options import DistillOptions
 
 
 def student_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
     """Evenly spaced teacher layer indices, always keeping the first and the last."""
     if not 1 <= num_student_layers < num_teacher_layers:
-        raise OptimizeError(f"--student-layers must be between 1 and {num_teacher_layers - 1}, got {num_student_layers}")
+        raise OptimizeError(f"student_layers must be between 1 and {num_teacher_layers - 1}, got {num_student_layers}")
     if num_student_layers == 1:
         return [0]
     step = (num_teacher_layers - 1) / (num_student_layers - 1)
@@ -56,60 +62,37 @@ def distill_loss(student_logits, teacher_logits, labels, temperature: float, alp
     return alpha * temperature**2 * kl + (1 - alpha) * ce
 
 
-def run_distill(
-    teacher: str | None,
-    out: str,
-    data: str = "all",
-    student_layers_count: int | None = None,
-    student: str | None = None,
-    steps: int = 200,
-    learning_rate: float = 2e-4,
-    batch_size: int = 8,
-    temperature: float = 2.0,
-    alpha: float = 0.5,
-    eval_samples: int = 50,
-    overwrite: bool = False,
-) -> Path:
+def run_distill(options: DistillOptions) -> Path:
     """`tuneserve optimize distill`: build (or take) a student, distill, evaluate, save."""
-    from tuneserve.artifacts import refuse_existing
-    from tuneserve.data import spread
-    from tuneserve.evals import evaluate, load_eval_samples
-    from tuneserve.models import model_facts, resolve_model
-    from tuneserve.models.identity import base_identity
-
-    if (student_layers_count is None) == (student is None):
-        raise OptimizeError("give exactly one of --student-layers N or --student REF")
-    if steps < 1 or batch_size < 1:
-        raise OptimizeError(f"--steps and the batch size must be at least 1, got {steps} and {batch_size}")
-    refuse_existing(out, overwrite)
-    teacher_dir = resolve_model(teacher)
-    prompts = spread(_prompts(data), steps * batch_size)  # the teacher answers only what training sees
-    held_out = load_eval_samples("all", num_samples=eval_samples) if eval_samples else []
-    with atomic_artifact(out, overwrite=overwrite) as tmp:
+    o = options
+    refuse_existing(o.out, o.overwrite)
+    teacher_dir = resolve_model(o.teacher)
+    prompts = spread(_prompts(o.data), o.steps * o.batch_size)  # the teacher answers only what training sees
+    held_out = load_eval_samples("all", num_samples=o.eval_samples) if o.eval_samples else []
+    with atomic_artifact(o.out, overwrite=o.overwrite) as tmp:
         kept = None
-        if student is None:
-            kept = build_student(teacher_dir, tmp, student_layers_count)
+        if o.student is None:
+            kept = build_student(teacher_dir, tmp, o.student_layers)
         else:
-            _copy_student(resolve_model(student), teacher_dir, tmp)
+            _copy_student(resolve_model(o.student), teacher_dir, tmp)
         texts, teacher_eval = _teacher_answers(teacher_dir, prompts, held_out)  # one engine for both
         metrics = {"eval_teacher": teacher_eval, "eval_student_before": evaluate(tmp, held_out)} if held_out else {}
-        metrics |= _train(tmp, teacher_dir, texts, steps, learning_rate, batch_size, temperature, alpha)
+        metrics |= _train(tmp, teacher_dir, texts, o.steps, o.learning_rate, o.batch_size, o.temperature, o.alpha)
         if held_out:
             metrics["eval_student_after"] = evaluate(tmp, held_out)
         write_manifest(tmp, Manifest(
             kind="student",
-            base_model=base_identity(teacher or teacher_dir.name, teacher_dir),
-            recipe={"distill": {"data": data, "teacher_layers_kept": kept, "steps": steps, "learning_rate": learning_rate,
-                                "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
+            base_model=base_identity(o.teacher or teacher_dir.name, teacher_dir),
+            recipe={"distill": {"data": o.data, "teacher_layers_kept": kept, "steps": o.steps, "learning_rate": o.learning_rate,
+                                "batch_size": o.batch_size, "temperature": o.temperature, "alpha": o.alpha,
                                 "num_params": model_facts(tmp).num_params}},
             metrics=metrics,
             parents=[str(teacher_dir)],
         ))
-    return Path(out)
+    return Path(o.out)
 
 
 def _prompts(data: str) -> list[list[dict]]:
-    from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, task_names
 
     try:
         if data.endswith(".jsonl"):
@@ -138,8 +121,6 @@ def _teacher_answers(teacher_dir: Path, prompts: list[list[dict]], held_out: lis
 
     from transformers import AutoTokenizer
 
-    from tuneserve.evals import greedy_answers
-    from tuneserve.models.engine import chat_prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     prompt_token_ids = [chat_prompt_ids(tokenizer, p) for p in prompts]

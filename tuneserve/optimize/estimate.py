@@ -19,12 +19,13 @@ import gc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tuneserve.engine import Parallelism
+from tuneserve.models import model_facts, resolve_model
 from tuneserve.models.facts import ModelFacts
-from tuneserve.optimize.errors import OptimizeError
+from tuneserve.optimize.options import EstimateOptions
 
 OVERHEAD = 1.2
 GIB = 1 << 30
-BITS = (32, 16, 8, 4)
 
 
 @dataclass
@@ -55,18 +56,15 @@ def kv_cache_bytes(facts: ModelFacts, context: int, batch: int, kv_bits: int = 1
     return facts.kv_cache_bytes_per_token(kv_bits / 8) * context * batch
 
 
-def kv_heads_per_device(facts: ModelFacts, tensor_parallel: int) -> int:
-    return max(1, facts.num_kv_heads // tensor_parallel)
-
-
-def estimate(facts: ModelFacts, bits: int, context: int, batch: int, tensor_parallel: int = 1, pipeline_parallel: int = 1) -> MemoryEstimate:
-    """KV cache at 16 bits whatever the weight bits (vLLM's default cache dtype)."""
+def estimate(facts: ModelFacts, bits: int, context: int, batch: int, parallelism: Parallelism | None = None) -> MemoryEstimate:
+    """KV cache at 16 bits whatever the weight bits (vLLM's default cache dtype); each device's share
+    as the engine divides it (engine.Parallelism)."""
+    parallelism = parallelism or Parallelism()
     weights = weights_bytes(facts.num_params, bits) / GIB
     kv = kv_cache_bytes(facts, context, batch) / GIB
     layered = layered_weights_bytes(facts, bits) / GIB
-    num_devices = tensor_parallel * pipeline_parallel
-    kv_per_device = kv * kv_heads_per_device(facts, tensor_parallel) / facts.num_kv_heads / pipeline_parallel
-    per_device = weights / num_devices + kv_per_device
+    num_devices = parallelism.num_shards
+    per_device = weights / num_devices + kv * parallelism.kv_share(facts)
     return MemoryEstimate(bits, round(weights, 4), round(kv, 4), round(weights + kv, 4), round(layered, 4),
                           num_devices=num_devices, per_device_gib=round(per_device, 4))
 
@@ -88,23 +86,15 @@ def measure_weights_gib(model_dir: Path, bits: int) -> float:
     return round(num_bytes / GIB, 4)
 
 
-def run_estimate(
-    model: str | None = None, bits: list[int] | None = None, context: int = 2048, batch: int = 1, measure: bool = False,
-    tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
-) -> list[MemoryEstimate]:
+def run_estimate(options: EstimateOptions) -> list[MemoryEstimate]:
     """`tuneserve optimize estimate`: one row per bit width, measured too with `measure`."""
-    from tuneserve.models import model_facts, resolve_model
-
-    if tensor_parallel_size < 1 or pipeline_parallel_size < 1:
-        raise OptimizeError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
-    model_dir = resolve_model(model)
+    o = options
+    model_dir = resolve_model(o.model)
     facts = model_facts(model_dir)
     rows = []
-    for b in bits or BITS:
-        if b not in BITS:
-            raise OptimizeError(f"--bits must be one of {', '.join(map(str, BITS))}, got {b}")
-        row = estimate(facts, b, context, batch, tensor_parallel_size, pipeline_parallel_size)
-        if measure:
+    for b in o.bits:
+        row = estimate(facts, b, o.context, o.batch, Parallelism(o.tensor_parallel_size, o.pipeline_parallel_size))
+        if o.measure:
             row.measured_weights_gib = measure_weights_gib(model_dir, b)
         rows.append(row)
     return rows

@@ -11,30 +11,30 @@ from pathlib import Path
 from typing import Literal
 
 from tuneserve.artifacts import Manifest, atomic_artifact, refuse_existing, write_manifest
+from tuneserve.models import resolve_model
+from tuneserve.models.facts import weight_files
 from tuneserve.optimize.errors import OptimizeError
+from tuneserve.optimize.merge import compare
+from tuneserve.optimize.options import ExportOptions
 
 GgufType = Literal["f32", "f16", "bf16", "q8_0"]
 GGUF_NAME = "model.gguf"
 
 
-def run_export(model: str, out: str, gguf_type: GgufType = "f16", overwrite: bool = False, check: bool = True) -> Path:
+def run_export(options: ExportOptions) -> Path:
     """`tuneserve optimize export --format gguf`: `model` (a merged or plain checkpoint) -> OUT/model.gguf + OUT/Modelfile."""
-    from tuneserve.models import ModelError, resolve_model
-
-    try:
-        model_dir = resolve_model(model)
-    except ModelError as e:
-        raise OptimizeError(str(e)) from None
-    refuse_existing(out, overwrite)
-    with atomic_artifact(out, overwrite=overwrite) as tmp:
-        info = write_gguf(model_dir, tmp / GGUF_NAME, gguf_type)
+    o = options
+    model_dir = resolve_model(o.model)
+    refuse_existing(o.out, o.overwrite)
+    with atomic_artifact(o.out, overwrite=o.overwrite) as tmp:
+        info = write_gguf(model_dir, tmp / GGUF_NAME, o.type)
         (tmp / "Modelfile").write_text(modelfile(model_dir, f"./{GGUF_NAME}"))
         metrics = {"gguf": info, "size_bytes": (tmp / GGUF_NAME).stat().st_size}
-        if check:
+        if o.check:
             metrics["round_trip"] = round_trip(model_dir, tmp / GGUF_NAME)
-        write_manifest(tmp, Manifest(kind="gguf", base_model={"name": model, "path": str(model_dir)},
-                                     recipe={"export": {"format": "gguf", "type": gguf_type}}, metrics=metrics, parents=[str(model_dir)]))
-    return Path(out)
+        write_manifest(tmp, Manifest(kind="gguf", base_model={"name": o.model or model_dir.name, "path": str(model_dir)},
+                                     recipe={"export": {"format": o.format, "type": o.type}}, metrics=metrics, parents=[str(model_dir)]))
+    return Path(o.out)
 
 
 def write_gguf(model_dir: Path, path: Path, gguf_type: GgufType) -> dict:
@@ -43,7 +43,6 @@ def write_gguf(model_dir: Path, path: Path, gguf_type: GgufType) -> dict:
     from safetensors import safe_open
     from transformers import AutoConfig, AutoTokenizer
 
-    from tuneserve.models.facts import weight_files
 
     config = AutoConfig.from_pretrained(model_dir)
     if config.model_type not in ("llama", "mistral"):
@@ -163,7 +162,6 @@ def round_trip(model_dir: Path, gguf_path: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tuneserve.optimize.merge import compare
 
     source = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()

@@ -1,12 +1,14 @@
 """Fold a LoRA/QLoRA adapter into a full bf16 model, and report how faithful the result is."""
 
 from pathlib import Path
-from typing import Literal
 
 from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, refuse_existing, write_manifest
+from tuneserve.models import ModelError, model_fingerprint, resolve_model
+from tuneserve.models.identity import base_identity, base_mismatch, read_adapter_config
+from tuneserve.models.merge import load_with_adapter, merge_lora
 from tuneserve.optimize.errors import OptimizeError
+from tuneserve.optimize.options import MergeOptions
 
-MergeMode = Literal["dequantized", "original"]
 PARITY_PROMPTS = [
     "What is the capital of France?",
     "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only.",
@@ -18,24 +20,23 @@ PARITY_PROMPTS = [
 NUM_GREEDY_TOKENS = 32
 
 
-def run_merge(adapter: str, out: str, base: str | None = None, mode: MergeMode | None = None, overwrite: bool = False) -> Path:
+def run_merge(options: MergeOptions) -> Path:
     """`tuneserve optimize merge`: adapter + base -> a plain checkpoint in `out`, with parity metrics.
 
     QLoRA adapters default to mode "dequantized": the 4-bit base they were trained against is
     dequantized to bf16 first, so the merged weights are the ones the adapter learned on.
     "original" merges into the original bf16 weights instead.
     """
-    adapter_dir, recipe, base_dir = _inputs(adapter, base)
-    is_qlora = recipe.get("adapter") == "qlora"
-    mode = mode or ("dequantized" if is_qlora else "original")
-    if mode == "dequantized" and not is_qlora:
-        raise OptimizeError("--mode dequantized applies to QLoRA adapters; this adapter was trained on a bf16 base")
-    refuse_existing(out, overwrite)
     from transformers import AutoTokenizer
 
-    from tuneserve.models.merge import load_with_adapter, merge_lora
-
-    with atomic_artifact(out, overwrite=overwrite) as tmp:
+    o = options
+    adapter_dir, recipe, base_dir = _inputs(o.adapter, o.base)
+    is_qlora = recipe.get("adapter") == "qlora"
+    mode = o.mode or ("dequantized" if is_qlora else "original")
+    if mode == "dequantized" and not is_qlora:
+        raise OptimizeError("mode dequantized applies to QLoRA adapters; this adapter was trained on a bf16 base")
+    refuse_existing(o.out, o.overwrite)
+    with atomic_artifact(o.out, overwrite=o.overwrite) as tmp:
         merge_lora(base_dir, adapter_dir, tmp, quantization=recipe if mode == "dequantized" else None)
         # The reference is what training saw: the adapter, unmerged, on the base weights (for QLoRA
         # the 4-bit ones, dequantized). Both sides run in float32, so the figures measure what
@@ -49,13 +50,10 @@ def run_merge(adapter: str, out: str, base: str | None = None, mode: MergeMode |
             metrics={"parity": parity},
             parents=[str(adapter_dir), str(base_dir)],
         ))
-    return Path(out)
+    return Path(o.out)
 
 
 def _inputs(adapter: str, base: str | None) -> tuple[Path, dict, Path]:
-    from tuneserve.models import ModelError, model_fingerprint, resolve_model
-    from tuneserve.models.identity import base_mismatch, read_adapter_config
-
     adapter_dir = Path(adapter).expanduser()
     try:
         config = read_adapter_config(adapter_dir)
@@ -65,7 +63,7 @@ def _inputs(adapter: str, base: str | None) -> tuple[Path, dict, Path]:
     trained_on = manifest.base_model if manifest else {}
     base_ref = base or trained_on.get("name") or config.get("base_model_name_or_path")
     if not base_ref:
-        raise OptimizeError(f"{adapter}: no base model recorded; pass --base")
+        raise OptimizeError(f"{adapter}: no base model recorded; give base")
     base_dir = resolve_model(base_ref)
     reason = base_mismatch(adapter_dir, config, model_fingerprint(base_dir), {base_ref, str(base_dir), base_dir.name})
     if reason:
@@ -74,8 +72,6 @@ def _inputs(adapter: str, base: str | None) -> tuple[Path, dict, Path]:
 
 
 def _base_identity(adapter_dir: Path, base_dir: Path) -> dict:
-    from tuneserve.models.identity import base_identity
-
     manifest = read_manifest(adapter_dir)
     return base_identity(manifest.base_model.get("name") if manifest else base_dir.name, base_dir)
 

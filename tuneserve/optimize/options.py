@@ -54,7 +54,7 @@ class PruneOptions(Calibrated):
     def _n_of_m(cls, v):
         match = re.fullmatch(r"(\d+):(\d+)", v)
         if v != "unstructured" and not (match and 0 < int(match[1]) < int(match[2])):
-            raise ValueError(f"structure must be N:M with 0 < N < M (e.g. 2:4) or unstructured, got {v!r}")
+            raise ValueError(f"must be N:M with 0 < N < M (e.g. 2:4) or unstructured, got {v!r}")
         return v
 
     @model_validator(mode="after")

@@ -12,62 +12,36 @@ import re
 from pathlib import Path
 
 from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.models.identity import base_identity
 from tuneserve.optimize.errors import OptimizeError
+from tuneserve.optimize.options import PruneOptions
 from tuneserve.optimize.quantize import _quality_and_size, prepare_compression, run_worker
 
 PRUNED_LAYERS = re.compile(r"\.(q|k|v|o|gate|up|down)_proj\.weight(_packed)?$")
 
 
-def parse_structure(structure: str, sparsity: float | None) -> tuple[float, str]:
-    """`2:4` (N of every M consecutive weights are zero; sparsity N/M) or `unstructured` (needs a sparsity)."""
-    if structure == "unstructured":
-        if sparsity is None or not 0 < sparsity < 1:
-            raise OptimizeError(f"--sparsity must be between 0 and 1 for unstructured pruning, got {sparsity}")
-        return sparsity, "0:0"
-    match = re.fullmatch(r"(\d+):(\d+)", structure)
-    if not match or not 0 < int(match[1]) < int(match[2]):
-        raise OptimizeError(f"--structure must be N:M with 0 < N < M (e.g. 2:4) or unstructured, got {structure!r}")
-    n, m = int(match[1]), int(match[2])
-    if sparsity is not None and abs(sparsity - n / m) > 1e-9:
-        raise OptimizeError(f"--sparsity {sparsity} contradicts --structure {structure} (which is sparsity {n / m}); give one")
-    return n / m, structure
-
-
-def run_prune(
-    model: str | None,
-    out: str,
-    structure: str = "2:4",
-    sparsity: float | None = None,
-    quantize: str | None = None,
-    calibration: str = "all",
-    samples: int = 128,
-    eval_samples: int = 50,
-    overwrite: bool = False,
-) -> Path:
+def run_prune(options: PruneOptions) -> Path:
     """`tuneserve optimize prune`: prune (then quantize), measure the zeros written, evaluate, write the artifact."""
-    from tuneserve.models.identity import base_identity
-
-    if quantize not in (None, "w4a16", "w8a8"):
-        raise OptimizeError(f"--quantize must be w4a16 or w8a8, got {quantize!r}")
-    fraction, mask = parse_structure(structure, sparsity)
-    model_dir, group_size, texts, python = prepare_compression(model, out, quantize, calibration, samples, overwrite)
-    with atomic_artifact(out, overwrite=overwrite) as tmp:
-        run_worker(python, model_dir, tmp, quantize or "none", texts, group_size,
-                   "--prune-sparsity", str(fraction), "--prune-mask", mask)
-        zeros = weight_sparsity(tmp, mask)
+    o = options
+    fraction = o.target_sparsity
+    model_dir, group_size, texts, python = prepare_compression(o, o.quantize)
+    with atomic_artifact(o.out, overwrite=o.overwrite) as tmp:
+        run_worker(python, model_dir, tmp, o.quantize or "none", texts, group_size,
+                   "--prune-sparsity", str(fraction), "--prune-mask", o.mask)
+        zeros = weight_sparsity(tmp, o.mask)
         if zeros["sparsity"] < fraction * 0.9:
             raise OptimizeError(f"the written weights are {zeros['sparsity']:.1%} zeros, not the {fraction:.0%} asked for")
-        metrics = _quality_and_size(model_dir, tmp, eval_samples) | zeros
+        metrics = _quality_and_size(model_dir, tmp, o.eval_samples) | zeros
+        tool = "llm-compressor SparseGPT" + (f" + {o.quantize.upper()} (round to nearest)" if o.quantize else "")
         write_manifest(tmp, Manifest(
             kind="pruned-model",
-            base_model=base_identity(model or model_dir.name, model_dir),
-            recipe={"prune": {"structure": structure, "sparsity": fraction, "quantize": quantize, "group_size": group_size,
-                              "calibration": calibration, "samples": len(texts),
-                              "tool": "llm-compressor SparseGPT" + (f" + {quantize.upper()} (round to nearest)" if quantize else "")}},
+            base_model=base_identity(o.model or model_dir.name, model_dir),
+            recipe={"prune": {"structure": o.structure, "sparsity": fraction, "quantize": o.quantize, "group_size": group_size,
+                              "calibration": o.calibration, "samples": len(texts), "tool": tool}},
             metrics=metrics,
             parents=[str(model_dir)],
         ))
-    return Path(out)
+    return Path(o.out)
 
 
 def weight_sparsity(model_dir: Path, mask: str = "0:0") -> dict:

@@ -10,12 +10,15 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Literal
 
-from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.artifacts import Manifest, atomic_artifact, refuse_existing, write_manifest
+from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, spread, task_names
+from tuneserve.evals import evaluate, load_eval_samples
+from tuneserve.models import model_facts, resolve_model
+from tuneserve.models.identity import base_identity
 from tuneserve.optimize.errors import OptimizeError
+from tuneserve.optimize.options import Calibrated, QuantizeOptions
 
-Scheme = Literal["w4a16", "w8a8"]
 GROUP_SIZES = (128, 64, 32)
 MIN_CALIBRATION_SAMPLES = 16
 QUANTIZE_PYTHON_ENV = "TUNESERVE_QUANTIZE_PYTHON"
@@ -52,8 +55,6 @@ def calibration_texts(model_dir: Path, calibration: str, num_samples: int) -> li
     """Chat-formatted prompt + answer texts from a demo task (or `all`) or a JSONL file."""
     from transformers import AutoTokenizer
 
-    from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, spread, task_names
-
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if Path(calibration).suffix == ".jsonl":
         try:
@@ -72,7 +73,7 @@ def calibration_texts(model_dir: Path, calibration: str, num_samples: int) -> li
     if len(texts) < max(num_samples, MIN_CALIBRATION_SAMPLES):
         raise OptimizeError(
             f"too few calibration samples: {calibration} has {len(texts)}, "
-            f"--samples asks for {num_samples} (at least {MIN_CALIBRATION_SAMPLES})"
+            f"samples asks for {num_samples} (at least {MIN_CALIBRATION_SAMPLES})"
         )
     return spread(texts, num_samples)  # every task, not the first one only
 
@@ -83,44 +84,31 @@ def _guess_type(path: str) -> str:
     return "messages" if "messages" in first else "alpaca" if "instruction" in first else "text"
 
 
-def run_quantize(
-    model: str | None,
-    out: str,
-    scheme: Scheme = "w4a16",
-    calibration: str = "all",
-    samples: int = 128,
-    eval_samples: int = 50,
-    overwrite: bool = False,
-) -> Path:
+def run_quantize(options: QuantizeOptions) -> Path:
     """`tuneserve optimize quantize`: quantize, evaluate before/after, write the artifact."""
-    from tuneserve.models.identity import base_identity
-
-    model_dir, group_size, texts, python = prepare_compression(model, out, scheme, calibration, samples, overwrite)
-    with atomic_artifact(out, overwrite=overwrite) as tmp:
-        run_worker(python, model_dir, tmp, scheme, texts, group_size)
-        metrics = _quality_and_size(model_dir, tmp, eval_samples)
+    o = options
+    model_dir, group_size, texts, python = prepare_compression(o, o.scheme)
+    with atomic_artifact(o.out, overwrite=o.overwrite) as tmp:
+        run_worker(python, model_dir, tmp, o.scheme, texts, group_size)
+        metrics = _quality_and_size(model_dir, tmp, o.eval_samples)
+        tool = "llm-compressor GPTQ" + (" + SmoothQuant" if o.scheme == "w8a8" else "")
         write_manifest(tmp, Manifest(
             kind="quantized-model",
-            base_model=base_identity(model or model_dir.name, model_dir),
-            recipe={"quantize": {"scheme": scheme, "group_size": group_size, "calibration": calibration, "samples": len(texts), "tool": "llm-compressor GPTQ" + (" + SmoothQuant" if scheme == "w8a8" else "")}},
+            base_model=base_identity(o.model or model_dir.name, model_dir),
+            recipe={"quantize": {"scheme": o.scheme, "group_size": group_size, "calibration": o.calibration, "samples": len(texts), "tool": tool}},
             metrics=metrics,
             parents=[str(model_dir)],
         ))
-    return Path(out)
+    return Path(o.out)
 
 
-def prepare_compression(model: str | None, out: str, scheme: str | None, calibration: str, samples: int, overwrite: bool):
+def prepare_compression(options: Calibrated, scheme: str | None):
     """What quantize and prune check before the worker starts: the model, output, calibration texts
     and the llm-compressor environment. Returns (model_dir, W4A16 group size, texts, python)."""
-    from tuneserve.artifacts import refuse_existing
-    from tuneserve.models import model_facts, resolve_model
-
-    if samples < MIN_CALIBRATION_SAMPLES:
-        raise OptimizeError(f"--samples {samples}: too few calibration samples (at least {MIN_CALIBRATION_SAMPLES})")
-    refuse_existing(out, overwrite)
-    model_dir = resolve_model(model)
+    refuse_existing(options.out, options.overwrite)
+    model_dir = resolve_model(options.model)
     group_size = group_size_for(model_facts(model_dir)) if scheme == "w4a16" else None
-    texts = calibration_texts(model_dir, calibration, samples)
+    texts = calibration_texts(model_dir, options.calibration, options.samples)
     python = quantize_python()
     if not python.exists():
         raise OptimizeError(f"no llm-compressor environment at {python}: run `make quantize-env` (or set {QUANTIZE_PYTHON_ENV})")
@@ -152,8 +140,6 @@ def run_worker(python: Path, model_dir: Path, out: Path, scheme: str, texts: lis
 
 
 def _quality_and_size(model_dir: Path, quantized_dir: Path, eval_samples: int) -> dict:
-    from tuneserve.evals import evaluate, load_eval_samples
-
     sizes = {name: sum(p.stat().st_size for p in d.glob("*.safetensors")) for name, d in (("before", model_dir), ("after", quantized_dir))}
     metrics: dict = {"weights_bytes_before": sizes["before"], "weights_bytes_after": sizes["after"],
                      "size_ratio": round(sizes["after"] / sizes["before"], 3)}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneserve.models.facts import safetensors_header
+from tuneserve.models.identity import base_mismatch
 from tuneserve.server.errors import ClientError
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -253,7 +254,6 @@ def _check_finite(weights: Path) -> None:
 
 
 def _check_base(path: Path, config: dict, base: ServedBase) -> None:
-    from tuneserve.models.identity import base_mismatch
 
     reason = base_mismatch(path, config, base.fingerprint, {*base.names, str(base.path), base.path.name})
     if reason:

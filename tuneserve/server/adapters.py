@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve.config import tuneserve_home
+from tuneserve.engine import Engine
 from tuneserve.server import metrics
 from tuneserve.server.adapter_checks import AdapterError, AdapterInfo, ServedBase, check_adapter, check_name
-from tuneserve.server.engine import Engine
 from tuneserve.server.errors import ClientError
 from tuneserve.server.snapshots import SnapshotDir, described_as, max_adapter_bytes
 

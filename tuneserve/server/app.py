@@ -5,6 +5,9 @@ from typing import Any
 from fastapi import FastAPI
 
 from tuneserve import __version__
+from tuneserve.config import tuneserve_home
+from tuneserve.engine import Engine
+from tuneserve.evals.arena import ArenaStore
 from tuneserve.server import adapter_routes, arena_routes, routes
 from tuneserve.server.adapters import AdapterRegistry
 from tuneserve.server.admission import Admission
@@ -12,7 +15,6 @@ from tuneserve.server.auth import Authenticator
 from tuneserve.server.chat import ChatServing
 from tuneserve.server.completions import CompletionServing
 from tuneserve.server.config import ServeConfig
-from tuneserve.server.engine import Engine
 from tuneserve.server.errors import install_error_handlers
 from tuneserve.server.middleware import Authenticate, BodySizeLimit, CatchAll
 from tuneserve.server.responses import ResponsesServing, ResponseStore
@@ -57,8 +59,6 @@ def create_app(
     app.state.guards = None  # input/output guards (server/guards.py), set by `serve` when configured
     app.state.arena = None
     if config.playground:
-        from tuneserve.config import tuneserve_home
-        from tuneserve.evals.arena import ArenaStore
 
         app.state.arena = ArenaStore(config.arena_db or tuneserve_home() / "arena.sqlite")
         app.state.battles = arena_routes.Battles(app.state.chat, app.state.arena)

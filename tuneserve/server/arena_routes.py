@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneserve.evals.arena import leaderboard
 from tuneserve.server.admission import authorize
 from tuneserve.server.chat_protocol import ChatCompletionRequest, ChatMessage
 from tuneserve.server.errors import BadRequestError, ClientError, NotFoundError
@@ -147,7 +148,6 @@ class Leaderboard:
         self._cache: dict[tuple, list[dict]] = {}
 
     async def create(self, body: LeaderboardRequest, ctx) -> "LeaderboardResponse":
-        from tuneserve.evals.arena import leaderboard
 
         votes = self.store.votes(body.judge)
         key = (body.judge, len(votes))

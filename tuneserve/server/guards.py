@@ -36,9 +36,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneserve.errors import StartupError
+from tuneserve.evals.classifier import Classifier
+from tuneserve.models import ModelError
 from tuneserve.server import metrics
+from tuneserve.server.completion_protocol import CompletionRequest
 from tuneserve.server.errors import ClientError
 from tuneserve.server.leaks import LeakScanner, Needles
+from tuneserve.server.responses_protocol import ResponsesRequest
 
 logger = logging.getLogger("tuneserve.server")
 HEADER = "x-tuneserve-guard"
@@ -250,8 +255,6 @@ OPERATOR_ROLES = ("system", "developer")
 def request_texts(body: Any, decode: Any = None) -> list[str]:
     """What the client wrote: every turn but the operator's (system, developer), tool-call
     arguments, prompts (token-id prompts decoded), Responses input."""
-    from tuneserve.server.completion_protocol import CompletionRequest
-    from tuneserve.server.responses_protocol import ResponsesRequest
 
     if isinstance(getattr(body, "messages", None), list):  # chat, arena battles
         texts = []
@@ -272,7 +275,6 @@ def request_texts(body: Any, decode: Any = None) -> list[str]:
 
 def system_texts(body: Any) -> list[str]:
     """The operator's instructions in a request: system/developer turns, Responses instructions."""
-    from tuneserve.server.responses_protocol import ResponsesRequest
 
     if isinstance(getattr(body, "messages", None), list):
         return [t for m in body.messages if m.role in OPERATOR_ROLES for t in _message_text(m.content)]
@@ -286,7 +288,6 @@ def system_texts(body: Any) -> list[str]:
 
 def load_guards(guard_model: str | None, tenants: list[Any]) -> Guards | None:
     """The server's guards, or None when neither --guard-model nor any tenant's `guards` asks for one."""
-    from tuneserve.server.startup import StartupError
 
     specs = {t.name: t.guards for t in tenants if t.guards is not None}
     wants_classifier = [name for name, s in specs.items() if s.input is not None and s.input.enabled]
@@ -296,8 +297,6 @@ def load_guards(guard_model: str | None, tenants: list[Any]) -> Guards | None:
         return None
     classifier = None
     if guard_model is not None:
-        from tuneserve.models import ModelError
-        from tuneserve.models.classifier import Classifier
 
         try:
             classifier = Classifier.load(guard_model)

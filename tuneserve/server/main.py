@@ -8,7 +8,27 @@ from pathlib import Path
 
 import uvicorn
 
+from tuneserve.config import tuneserve_home
+from tuneserve.models import model_fingerprint, resolve_model
+from tuneserve.models.facts import safetensors_header, weight_files
+from tuneserve.server.adapter_checks import ServedBase
+from tuneserve.server.adapters import AdapterRegistry
+from tuneserve.server.adapters_file import AdaptersFileWatcher
+from tuneserve.server.app import create_app
 from tuneserve.server.config import ServeConfig
+from tuneserve.server.engine import build_engine
+from tuneserve.server.guards import load_guards
+from tuneserve.server.serving import ServedModel
+from tuneserve.server.snapshots import SnapshotDir
+from tuneserve.server.startup import (
+    StartupError,
+    bind_socket,
+    check_adapters_file,
+    load_keys,
+    prepare_adapters,
+    warn_if_exposed,
+)
+from tuneserve.server.tools import check_tool_parser
 
 logger = logging.getLogger("tuneserve.server")
 
@@ -23,19 +43,6 @@ def serve(config: ServeConfig) -> int:
     memory), each failing with a one-line StartupError. Returns the exit code: 0 after a
     shutdown, 1 when the engine died (so that an orchestrator restarts the server).
     """
-    from tuneserve.config import tuneserve_home
-    from tuneserve.models import resolve_model
-    from tuneserve.server.guards import load_guards
-    from tuneserve.server.snapshots import SnapshotDir
-    from tuneserve.server.startup import (
-        StartupError,
-        bind_socket,
-        check_adapters_file,
-        load_keys,
-        prepare_adapters,
-        warn_if_exposed,
-    )
-    from tuneserve.server.tools import check_tool_parser
 
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     model_dir = resolve_model(config.model)
@@ -64,9 +71,6 @@ def serve(config: ServeConfig) -> int:
 
 
 def served_base(names: list[str], model_dir: Path):
-    from tuneserve.models import model_fingerprint
-    from tuneserve.models.facts import safetensors_header, weight_files
-    from tuneserve.server.adapter_checks import ServedBase
 
     shapes = {}
     for path in weight_files(model_dir):
@@ -78,11 +82,6 @@ def served_base(names: list[str], model_dir: Path):
 async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards, snapshots, prepared) -> int:
     from transformers import AutoTokenizer
 
-    from tuneserve.server.adapters import AdapterRegistry
-    from tuneserve.server.adapters_file import AdaptersFileWatcher
-    from tuneserve.server.app import create_app
-    from tuneserve.server.engine import build_engine
-    from tuneserve.server.serving import ServedModel
 
     engine = build_engine(config, model_dir)
     watcher = None

@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneserve.models.engine import chat_prompt_ids, tokens_prompt
+from tuneserve.engine import Engine, chat_prompt_ids, tokens_prompt
 from tuneserve.server.adapters import AdapterRegistry
-from tuneserve.server.engine import Engine
 from tuneserve.server.errors import (
     BadRequestError,
     ContextLengthError,

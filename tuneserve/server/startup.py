@@ -7,11 +7,18 @@ import logging
 import socket
 from pathlib import Path
 
+from tuneserve.config import describe_validation_error
+from tuneserve.errors import StartupError
+from tuneserve.server.adapter_checks import check_name
+from tuneserve.server.adapters import check_snapshot
+from tuneserve.server.adapters_file import AdaptersFileError, read_adapters_file
+from tuneserve.server.auth import Authenticator, KeysFile
+from tuneserve.server.errors import TuneserveError
+from tuneserve.server.snapshots import max_adapter_bytes
+
 logger = logging.getLogger("tuneserve.server")
 
 
-class StartupError(Exception):
-    """The server cannot start; the message names the cause and the flag or command that fixes it."""
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -41,8 +48,6 @@ def load_keys(api_key: str | None, api_keys_file: str | None):
     import yaml
     from pydantic import ValidationError
 
-    from tuneserve.config import describe_validation_error
-    from tuneserve.server.auth import Authenticator, KeysFile
 
     if api_keys_file is None:
         return Authenticator.from_specs(api_key, [])
@@ -69,10 +74,6 @@ def load_keys(api_key: str | None, api_keys_file: str | None):
 def prepare_adapters(adapters: dict[str, str], base, max_rank: int, snapshots) -> dict:
     """Every --adapter NAME=PATH snapshotted and checked as the admin API does, before the engine
     starts (the registry then loads these same checked copies)."""
-    from tuneserve.server.adapter_checks import check_name
-    from tuneserve.server.adapters import check_snapshot
-    from tuneserve.server.errors import TuneserveError
-    from tuneserve.server.snapshots import max_adapter_bytes
 
     prepared = {}
     for name, path in adapters.items():
@@ -88,46 +89,12 @@ def prepare_adapters(adapters: dict[str, str], base, max_rank: int, snapshots) -
 
 def check_adapters_file(path: str | None) -> None:
     """The file must exist and validate at start; a bad entry later only skips that entry."""
-    from tuneserve.server.adapters_file import AdaptersFileError, read_adapters_file
 
     if path is not None:
         try:
             read_adapters_file(Path(path).expanduser())
         except AdaptersFileError as e:
             raise StartupError(f"--adapters-file {e}") from None
-
-
-def check_parallelism(config, model_dir: Path, is_cpu: bool) -> None:
-    """What vLLM would refuse after minutes of start-up, or run badly, said in one line now."""
-    from tuneserve.models import model_facts
-    from tuneserve.models.engine import cpu_thread_env
-
-    facts = model_facts(model_dir)
-    tp, pp = config.tensor_parallel_size, config.pipeline_parallel_size
-    if facts.num_heads % tp:
-        raise StartupError(
-            f"--tensor-parallel-size {tp}: the model has {facts.num_heads} attention heads, which {tp} ranks cannot "
-            f"share evenly; use a size that divides {facts.num_heads}, or --pipeline-parallel-size instead"
-        )
-    if facts.num_kv_heads % tp and tp % facts.num_kv_heads:
-        raise StartupError(
-            f"--tensor-parallel-size {tp}: the model's {facts.num_kv_heads} KV heads cannot be split or replicated "
-            f"over {tp} ranks; use a size that divides {facts.num_kv_heads} or a multiple of it"
-        )
-    if pp > facts.num_layers:
-        raise StartupError(f"--pipeline-parallel-size {pp}: the model has only {facts.num_layers} layers")
-    if is_cpu and config.num_ranks > 1:
-        try:
-            cpu_thread_env(config.cpu_threads, config.num_ranks)
-        except ValueError as e:
-            raise StartupError(str(e)) from None
-
-
-def check_platform_options(config, is_cpu: bool) -> None:
-    if is_cpu and config.gpu_memory_utilization is not None:
-        raise StartupError("--gpu-memory-utilization applies to GPUs; on CPU size the KV cache with --kv-cache-gib")
-    if not is_cpu and config.cpu_threads is not None:
-        raise StartupError("--cpu-threads applies to the CPU build of vLLM; this one runs on a GPU")
 
 
 def warn_if_exposed(host: str, has_keys: bool) -> None:

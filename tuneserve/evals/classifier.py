@@ -7,6 +7,9 @@ its manifest. Shared by the classify stage's evaluation and the server's input g
 from pathlib import Path
 from typing import Any
 
+from tuneserve.artifacts import read_manifest
+from tuneserve.engine import has_fast_bf16
+from tuneserve.models import resolve_model
 from tuneserve.models.errors import ModelError
 
 
@@ -24,9 +27,6 @@ class Classifier:
         from peft import PeftModel
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from tuneserve.artifacts import read_manifest
-        from tuneserve.models import resolve_model
-        from tuneserve.models.engine import has_fast_bf16
 
         adapter_dir = Path(adapter_dir)
         manifest = read_manifest(adapter_dir)

@@ -16,7 +16,7 @@ some adapter has lm_head weights and the whole step uses one adapter (then exact
 lm_head adapter loaded (the usual case; tuneserve refuses lm_head for tied-embedding models
 such as the default) the delta is zero and skipping it is exact too.
 
-Change 2, grouped multi-LoRA ops on CPU (`vllm_lora.GroupedPunicaWrapperCPU`, `lora_kernels`):
+Change 2, grouped multi-LoRA ops on CPU (`lora_ops.GroupedPunicaWrapperCPU`, `lora_kernels`):
 the CPU platform's punica wrapper becomes tuneserve's, unless `TUNESERVE_LORA_KERNELS=vllm`
 (`tuneserve serve --lora-kernels vllm`), read when the engine builds its LoRA manager.
 
@@ -28,11 +28,31 @@ the first.
 """
 
 import logging
+import os
 
 # A child of vLLM's logger, so the lines show in every engine process's log like vLLM's own.
 logger = logging.getLogger("vllm.tuneserve.plugin")
 
 VERIFIED_VLLM = ("0.32.",)
+LORA_KERNELS_ENV = "TUNESERVE_LORA_KERNELS"
+LORA_KERNELS = ("tuneserve", "vllm")
+
+
+def chosen_lora_kernels() -> str:
+    """The multi-LoRA ops the engine processes use, as the server chose them (choose_lora_kernels)."""
+    value = os.environ.get(LORA_KERNELS_ENV, "tuneserve")
+    if value not in LORA_KERNELS:
+        raise ValueError(f"{LORA_KERNELS_ENV}={value!r}: choose one of {', '.join(LORA_KERNELS)}")
+    return value
+
+
+def choose_lora_kernels(choice: str) -> None:
+    """Tell the plugin, in the engine processes about to start, which LoRA ops to use."""
+    os.environ[LORA_KERNELS_ENV] = choice
+    if choice == "tuneserve" and not plugin_active():
+        logger.warning("multi-LoRA ops: vLLM's own (tuneserve's vLLM plugin is not active for this vLLM version)")
+    else:
+        logger.info("multi-LoRA ops: %s", "tuneserve's grouped GEMMs" if choice == "tuneserve" else "vLLM's own")
 
 
 def vllm_version() -> str:
@@ -135,12 +155,10 @@ def _install_cpu_lora_kernels() -> None:
         return
 
     def get_punica_wrapper(cls) -> str:
-        from tuneserve.models.vllm_lora import chosen
-
-        if chosen() == "vllm":
+        if chosen_lora_kernels() == "vllm":
             logger.warning("multi-LoRA ops: vLLM's own CPU ops (--lora-kernels vllm)")
             return original(cls)
-        return "tuneserve.models.vllm_lora.GroupedPunicaWrapperCPU"
+        return "tuneserve.engine.lora_ops.GroupedPunicaWrapperCPU"
 
     get_punica_wrapper.is_tuneserve_fix = True
     CpuPlatform.get_punica_wrapper = classmethod(get_punica_wrapper)

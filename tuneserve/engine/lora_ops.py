@@ -1,6 +1,6 @@
 """vLLM's CPU punica wrapper with tuneserve's grouped LoRA ops (`lora_kernels`) in its hot paths.
 
-Installed by the vLLM plugin (`vllm_plugin.register`) as the CPU platform's punica wrapper unless
+Installed by the vLLM plugin (`engine/plugin.py`) as the CPU platform's punica wrapper unless
 `TUNESERVE_LORA_KERNELS=vllm` (`tuneserve serve --lora-kernels vllm`). Every method keeps the
 contract of vLLM's `PunicaWrapperCPU`; a call whose shapes this wrapper was not built for (rows
 that are not one per token or per request) goes to vLLM's own method.
@@ -9,24 +9,14 @@ that are not one per token or per request) goes to vLLM's own method.
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from tuneserve.models.lora_kernels import LoraPlan, WeightCache, expand, linear, shrink
+from tuneserve.engine.lora_kernels import LoraPlan, WeightCache, expand, linear, shrink
 
-ENV = "TUNESERVE_LORA_KERNELS"
-CHOICES = ("tuneserve", "vllm")
 # A child of vLLM's logger, so the line shows in the engine process's log like vLLM's own.
 logger = logging.getLogger("vllm.tuneserve.lora")
-
-
-def chosen() -> str:
-    value = os.environ.get(ENV, "tuneserve")
-    if value not in CHOICES:
-        raise ValueError(f"{ENV}={value!r}: choose one of {', '.join(CHOICES)}")
-    return value
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuneserve.errors import StartupError
 from tuneserve.models.facts import ModelFacts, model_facts, weight_files
-from tuneserve.server.startup import StartupError
 
 logger = logging.getLogger("tuneserve.server")
 
@@ -44,6 +44,12 @@ class Parallelism:
     @property
     def num_ranks(self) -> int:
         return self.num_shards * self.data
+
+    def kv_share(self, facts: ModelFacts) -> float:
+        """The fraction of a token's KV cache one rank holds: its KV heads (tensor parallelism splits
+        them, or replicates them when there are more ranks than heads) of its layers (pipeline)."""
+        heads_per_rank = max(1, facts.num_kv_heads // self.tensor)
+        return heads_per_rank / facts.num_kv_heads / self.pipeline
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,7 @@ def plan_kv_cache(
 
     `weights_bytes` is what all ranks hold together; `--kv-cache-gib` is per rank, as in vLLM."""
     facts = model_facts(model_dir)
-    per_token = kv_bytes_per_token(facts, dtype) / parallelism.num_shards  # one rank's share of a token
+    per_token = kv_bytes_per_token(facts, dtype) * parallelism.kv_share(facts)  # one rank's share of a token
     context = max_model_len or facts.context_length or DEFAULT_CONTEXT
     one_sequence = int(per_token * context)
     weights = sum(p.stat().st_size for p in weight_files(model_dir)) * parallelism.data
