@@ -100,4 +100,5 @@ def command_from(
     command.__signature__ = inspect.Signature(sorted(params, key=lambda p: p.name not in positional))
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = doc
+    command.options_model = model_cls  # what tests/test_shape.py checks the flags against
     return command
