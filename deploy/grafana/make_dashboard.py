@@ -51,6 +51,17 @@ PANELS = [
         ("loaded", f'sum(tuneserve_adapters_loaded{{{SEL}}})'),
         ("broken in --adapters-file", f'sum(tuneserve_adapters_file_errors{{{SEL}}}) or vector(0)'),
         ("hot swaps / min", f'sum(rate(tuneserve_adapter_swaps_total{{{SEL}}}[{RATE}])) * 60'),
+        ("in the engine", f'sum(tuneserve_adapter_resident{{{SEL}, tier="engine"}})'),
+        ("hit rate", f'sum(rate(tuneserve_adapter_lookups_total{{{SEL}, result="hit"}}[{RATE}])) / sum(rate(tuneserve_adapter_lookups_total{{{SEL}}}[{RATE}]))'),
+    ]),
+    ("Adapter loads and evictions per minute", "short", [
+        ("loads ({{source}})", f'sum by (source) (rate(tuneserve_adapter_loads_total{{{SEL}}}[{RATE}])) * 60'),
+        ("evicted from the engine", f'sum(rate(tuneserve_adapter_evictions_total{{{SEL}}}[{RATE}])) * 60'),
+        ("unloaded for disk", f'sum(rate(tuneserve_adapter_disk_evictions_total{{{SEL}}}[{RATE}])) * 60'),
+    ]),
+    ("Cold loads: first request to engine", "s", [
+        (f"p{q} {{{{kind}}}}", f'histogram_quantile(0.{q}, sum by (le, kind) (rate(tuneserve_adapter_load_seconds_bucket{{{SEL}}}[{RATE}])))')
+        for q in (50, 99)
     ]),
 ]
 

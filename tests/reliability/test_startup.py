@@ -1,16 +1,22 @@
 """The README's path is the tested path: `make serve` with no flags, on a machine in normal use;
 and every start-up failure is one line that names the cause and the fix."""
 
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import openai
 import pytest
 
+from tests.helpers import ADAPTERS
 from tuneserve.bench.server_process import free_port, launch, stop_server
+from tuneserve.config import tuneserve_home
+
+DATE_PROMPT = "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only."
 
 pytestmark = pytest.mark.engine
 
@@ -53,6 +59,14 @@ def test_make_serve_answers_with_no_flags_while_memory_is_busy(tmp_path, record)
             reply = client.chat.completions.create(
                 model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Say hello."}], max_tokens=16
             )
+            # An adapter dropped into the default adapter root is served by naming it: no flag, no admin call.
+            name = f"dates-{uuid.uuid4().hex[:8]}"
+            shutil.copytree(ADAPTERS["dates"], tuneserve_home() / "adapters" / name)
+            try:
+                dated = client.chat.completions.create(model=name, messages=[{"role": "user", "content": DATE_PROMPT}],
+                                                       temperature=0, max_tokens=16)
+            finally:
+                shutil.rmtree(tuneserve_home() / "adapters" / name)
             log = server.log_path.read_text()
         finally:
             stop_server(server)
@@ -61,6 +75,8 @@ def test_make_serve_answers_with_no_flags_while_memory_is_busy(tmp_path, record)
             ballast.kill()
             ballast.wait()
     assert reply.choices[0].message.content.strip()
+    assert dated.choices[0].message.content.strip() == "2001-03-03"
+    assert "LoRA: 4 adapters per step" in log  # on by default, sized and logged at start
     kv_line = next(line for line in log.splitlines() if "KV cache" in line and "tokens" in line)
     assert "default:" in kv_line
     record("start-up: `make serve` as the README gives it, memory node busy", 1, "answered the openai client",

@@ -24,6 +24,7 @@ class FakeEngine:
     aborted: list[str] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
     loras: set[int] = field(default_factory=set)
+    pinned: set[int] = field(default_factory=set)
 
     @property
     def errored(self) -> bool:
@@ -80,10 +81,15 @@ class FakeEngine:
 
     async def remove_lora(self, lora_id):
         self.loras.discard(lora_id)
+        self.pinned.discard(lora_id)
         return True
 
     async def list_loras(self):
         return set(self.loras)
+
+    async def pin_lora(self, lora_id):
+        self.pinned.add(lora_id)
+        return True
 
     def get_num_unfinished_requests(self):
         return 0

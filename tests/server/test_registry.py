@@ -97,3 +97,37 @@ def test_start_up_adapters_are_checked_once(base, monkeypatch):
     monkeypatch.setattr(adapters, "check_snapshot", lambda *a, **k: pytest.fail("checked twice"))
     version = asyncio.run(registry.load("dates", ADAPTERS["dates"], info=prepared["dates"]))
     assert version.info is prepared["dates"]
+
+
+def test_past_the_disk_budget_the_least_recently_used_idle_adapter_loaded_on_first_use_goes(base, tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    for name in "abcde":
+        shutil.copytree(ADAPTERS["dates"], root / name)
+    size = sum(f.stat().st_size for f in (root / "a").iterdir() if f.is_file() and f.name != "README.md")
+
+    async def use(registry, name):
+        async with registry.hold(name, load_if_missing=True):
+            pass
+
+    async def scenario():
+        engine = FakeEngine()
+        registry = AdapterRegistry(engine, base, max_rank=16, roots=[root], max_disk_bytes=int(size * 4.5), max_pinned=1)
+        await registry.load("declared", ADAPTERS["units"])  # an admin-API load: stays until unloaded
+        await registry.load("e", root / "e", pinned=True)  # pinned: in the engine's slot and cache too
+        for name in "abc":
+            await use(registry, name)
+        assert set(registry.current) == {"declared", "e", "b", "c"}  # a, the least recently used, made room for c
+        async with registry.hold("b"):  # b is busy: d takes c's place, not b's
+            await use(registry, "d")
+        assert set(registry.current) == {"declared", "e", "b", "d"}
+        assert registry.get("d").source == "jit" and registry.get("d").is_evictable and not registry.get("declared").is_evictable
+        assert engine.pinned == {registry.get("e").lora_id}
+        with pytest.raises(AdapterLoadError, match="--max-loras minus one"):  # no slot left for the rest otherwise
+            await registry.load("also-pinned", ADAPTERS["dates"], pinned=True)
+        assert "also-pinned" not in registry.current
+        new_e = await registry.load("e", root / "e", pinned=True)  # a hot swap of the pinned one stays pinned
+        assert engine.pinned == {new_e.lora_id}  # the old version left the engine, pin and all
+
+    asyncio.run(scenario())

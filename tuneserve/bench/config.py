@@ -10,6 +10,24 @@ from tuneserve.models.aliases import DEFAULT_MODEL
 from tuneserve.server import ServeConfig
 
 
+class AdapterMix(BaseModel):
+    """Many adapters, asked for with Zipf popularity: `count` copies of `sources` (round robin, each
+    made distinct), loaded by the server on first use from an adapter root bench prepares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(100, ge=1, le=1000, description="Adapters on disk, named a000, a001, ...")
+    zipf_s: float = Field(1.0, ge=0, description="Popularity of the k-th adapter: 1 / k^zipf_s.")
+    sources: list[str] = Field(["examples/adapters/dates", "examples/adapters/units"], min_length=1,
+                               description="PEFT adapter directories the copies are made from.")
+
+    def names(self) -> list[str]:
+        return [f"a{i:03d}" for i in range(self.count)]
+
+    def weights(self) -> dict[str, float]:
+        return {name: 1 / (k + 1) ** self.zipf_s for k, name in enumerate(self.names())}
+
+
 class Workload(BaseModel):
     """What the requests ask for."""
 
@@ -39,6 +57,9 @@ class Workload(BaseModel):
         None, description="Model or adapter names with popularity weights (e.g. {dates: 3, units: 1}); "
         "default: the setting's model only.",
     )
+    adapter_mix: AdapterMix | None = Field(
+        None, description="Many adapters loaded on first use, Zipf-popular (instead of models).",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -46,7 +67,13 @@ class Workload(BaseModel):
             raise ValueError("workload.path: a sharegpt workload needs the JSON file")
         if self.models is not None and (not self.models or any(w <= 0 for w in self.models.values())):
             raise ValueError("workload.models: give at least one name, each with a weight > 0")
+        if self.models is not None and self.adapter_mix is not None:
+            raise ValueError("workload: give models or adapter_mix, not both")
         return self
+
+    @property
+    def model_weights(self) -> dict[str, float] | None:
+        return self.adapter_mix.weights() if self.adapter_mix else self.models
 
 
 class Load(BaseModel):
@@ -97,6 +124,10 @@ class BenchMatrix(BaseModel):
 
     name: str = Field("bench", description="Name of the run (report title).")
     model: str = Field(DEFAULT_MODEL, description="Model every setting serves unless its `serve.model` says otherwise.")
+    serve: dict[str, Any] = Field(
+        default_factory=dict, description="`tuneserve serve` settings every setting starts from (its own `serve` "
+        "overrides them), e.g. {enable_lora: false} to compare optimizations without LoRA.",
+    )
     workload: Workload = Field(default_factory=Workload)
     load: Load = Field(default_factory=Load)
     repeat: int = Field(3, ge=1, description="Runs per setting and rate; the report gives median and min-max.")
@@ -132,7 +163,7 @@ class BenchMatrix(BaseModel):
         from pydantic import ValidationError
 
 
-        values = {"model": self.model, "seed": self.seed} | setting.serve
+        values = {"model": self.model, "seed": self.seed} | self.serve | setting.serve
         try:
             ServeConfig(**values)
         except ValidationError as e:

@@ -7,6 +7,7 @@ E2EL = time to the last token chunk; output tokens come from the server's `usage
 Goodput counts requests that meet every SLO (a one-token request has TPOT 0 for this purpose).
 """
 
+import math
 import re
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -122,3 +123,24 @@ def server_medians(rate: dict) -> dict:
     values = {key: [r["metrics"]["server"][key] for r in rate["repeats"] if key in r["metrics"].get("server", {})]
               for key in SERVER_RATIOS}
     return {key: statistics.median(v) for key, v in values.items() if v}
+
+
+def cold_and_warm_ttfts(requests: list[dict], seen: set[str]) -> tuple[list[float], list[float]]:
+    """TTFTs of the requests that waited for their adapter to load (sent before the first answer
+    for an adapter not used in an earlier run, `seen`), and of the rest. Updates `seen`."""
+    first_answer: dict[str, float] = {}
+    for r in requests:
+        if r["success"] and r["model"] not in seen:
+            first_answer[r["model"]] = min(first_answer.get(r["model"], math.inf), r["start_s"] + r["ttft_s"])
+    cold, warm = [], []
+    for r in requests:
+        if r["success"]:
+            is_cold = r["model"] in first_answer and r["start_s"] <= first_answer[r["model"]]
+            (cold if is_cold else warm).append(r["ttft_s"])
+    seen |= {r["model"] for r in requests if r["success"]}
+    return cold, warm
+
+
+def cold_warm_stats(cold: list[float], warm: list[float]) -> dict:
+    return {"num_cold_requests": len(cold), "median_ttft_cold_ms": float(np.median(cold)) * 1000 if cold else None,
+            "median_ttft_warm_ms": float(np.median(warm)) * 1000 if warm else None}

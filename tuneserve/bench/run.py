@@ -21,12 +21,19 @@ from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
 from tuneserve.bench.config import BenchMatrix, Setting
 from tuneserve.bench.environment import environment
 from tuneserve.bench.loadgen import run_load, send
-from tuneserve.bench.metrics import calculate_metrics, server_medians, slug, summarize_repeats
+from tuneserve.bench.metrics import (
+    calculate_metrics,
+    cold_and_warm_ttfts,
+    cold_warm_stats,
+    server_medians,
+    slug,
+    summarize_repeats,
+)
 from tuneserve.bench.report import write_report
 from tuneserve.bench.server_process import free_port, launch, stop_server
 from tuneserve.bench.server_stats import PeakMemory, counter_deltas, scrape_counters
-from tuneserve.bench.workloads import BenchRequest, build_requests
-from tuneserve.config import bearer_headers
+from tuneserve.bench.workloads import BenchRequest, build_requests, prepare_adapter_mix
+from tuneserve.config import bearer_headers, tuneserve_home
 from tuneserve.engine import cpu_thread_env, plan_kv_cache
 from tuneserve.models import resolve_model
 
@@ -66,6 +73,9 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
     """The setting's server, started exactly as `tuneserve serve --config` would start it (or
     `vllm serve` for the peer, or nothing for a URL), stopped afterwards."""
     values = matrix.serve_config_for(setting)
+    mix = matrix.workload_for(setting).adapter_mix
+    if mix is not None and not setting.url:  # the adapters a mix asks for, where the server loads them on first use
+        values = values | {"adapter_roots": [str(prepare_adapter_mix(mix, adapter_mix_dir(mix)))]}
     name = (values.get("served_model_name") or [values["model"]])[0]
     key = setting.api_key or os.environ.get("TUNESERVE_API_KEY")
     headers = bearer_headers(key)
@@ -86,6 +96,17 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
         yield Target(server.base_url, server.process.pid, name, headers, time.monotonic() - started)
     finally:
         stop_server(server)
+
+
+def adapter_mix_dir(mix) -> Path:
+    """Where a mix's copies live: one directory per (sources' content, count), reused by later runs."""
+    import hashlib
+
+    digest = hashlib.sha256(str(mix.count).encode())
+    for source in mix.sources:
+        for file in sorted(Path(source).glob("adapter_*")):
+            digest.update(file.read_bytes())
+    return tuneserve_home() / "bench-adapters" / digest.hexdigest()[:16]
 
 
 def _served_name(url: str, wanted: str, headers: dict) -> str:
@@ -109,19 +130,24 @@ def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progr
     nonce = uuid.uuid4().hex[:6]
     warm = build_requests(workload, target.model, f"warmup-{nonce}", matrix.seed)
     asyncio.run(_with_client(target, lambda c: _warm_up(c, warm, matrix.load.warmup_requests)))
-    rates = []
+    rates, seen = [], set(r.model for r in warm[:matrix.load.warmup_requests])
     for rate in matrix.load.request_rates:
-        repeats = []
+        repeats, cold, warm_ttfts = [], [], []
         for rep in range(matrix.repeat):
             # The same seed every repeat and setting: the same lengths and adapter mix, so only
             # the server differs; the tag alone makes each run's prompts new.
             requests = build_requests(workload, target.model, f"{slug(setting.name)}-{nonce}-r{rate}-{rep}", matrix.seed)
             repeats.append(measure_once(matrix, target, requests, rate))
             m = repeats[-1]["metrics"]
+            if workload.adapter_mix is not None:  # first uses of an adapter wait for its load: their TTFT apart
+                c, w = cold_and_warm_ttfts(repeats[-1]["requests"], seen)
+                cold, warm_ttfts = cold + c, warm_ttfts + w
             progress(f"  rate {_rate(rate)} repeat {rep + 1}/{matrix.repeat}: {m['output_throughput']:.1f} tok/s, "
                      f"median TTFT {m['median_ttft_ms']:.0f} ms, {m['failed']} failed")
-        rates.append({"request_rate": rate, "summary": summarize_repeats([r["metrics"] for r in repeats]),
-                      "repeats": repeats})
+        summary = summarize_repeats([r["metrics"] for r in repeats])
+        if workload.adapter_mix is not None:  # over all repeats: the cold loads happen in the first
+            summary |= {k: {"median": v, "min": v, "max": v} for k, v in cold_warm_stats(cold, warm_ttfts).items() if v is not None}
+        rates.append({"request_rate": rate, "summary": summary, "repeats": repeats})
     peak = max(r["metrics"]["peak_rss_bytes"] for rate in rates for r in rate["repeats"])
     return {"rates": rates, "peak_rss_bytes": peak, "startup_s": target.startup_s}
 

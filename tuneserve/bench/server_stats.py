@@ -29,8 +29,12 @@ def scrape_counters(client: httpx.Client | None) -> dict[str, float]:
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            if sample.name in COUNTERS:
-                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            name = sample.name
+            if name == "tuneserve_adapter_lookups_total":  # tuneserve's own: adapter hits and misses (loads on first use)
+                name = f"adapter_{sample.labels.get('result')}s"
+            elif name not in COUNTERS:
+                continue
+            totals[name] = totals.get(name, 0.0) + sample.value
     return totals
 
 
@@ -39,6 +43,8 @@ def counter_deltas(before: dict[str, float], after: dict[str, float]) -> dict[st
     delta = {name.removeprefix("vllm:").removesuffix("_total"): after[name] - before.get(name, 0.0) for name in after}
     if delta.get("prefix_cache_queries"):
         delta["prefix_cache_hit_rate"] = delta.get("prefix_cache_hits", 0.0) / delta["prefix_cache_queries"]
+    if delta.get("adapter_hits", 0) + delta.get("adapter_misses", 0):
+        delta["adapter_hit_rate"] = delta.get("adapter_hits", 0.0) / (delta.get("adapter_hits", 0.0) + delta.get("adapter_misses", 0.0))
     if delta.get("spec_decode_num_draft_tokens"):
         delta["spec_decode_acceptance_rate"] = (
             delta.get("spec_decode_num_accepted_tokens", 0.0) / delta["spec_decode_num_draft_tokens"]

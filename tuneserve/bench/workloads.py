@@ -38,8 +38,8 @@ def build_requests(workload: Workload, default_model: str, tag: str, seed: int) 
     """`workload.num_prompts` requests; the same seed gives the same lengths and model mix."""
     rng = random.Random(seed)
     prompts = _prompts(workload, rng)
-    names = list(workload.models or {default_model: 1.0})
-    weights = list((workload.models or {default_model: 1.0}).values())
+    mix = workload.model_weights or {default_model: 1.0}
+    names, weights = list(mix), list(mix.values())
     requests = []
     for i, (text, max_tokens, ignore_eos) in enumerate(prompts):
         model = rng.choices(names, weights)[0]
@@ -97,3 +97,26 @@ def sharegpt_prompts(path: Path, max_output_len: int) -> list[tuple[str, int, bo
 def demo_prompts(task: str, max_output_len: int) -> list[tuple[str, int, bool]]:
 
     return [(s.prompt, max_output_len, False) for t in task_names(task) for s in demo_samples(t, "held_out")]
+
+
+def prepare_adapter_mix(mix, root: Path) -> Path:
+    """`mix.count` distinct adapters under `root` (a000, a001, ...): copies of the sources whose
+    lora_B matrices are scaled by 1 + k/1e4, so each is its own file (and snapshot) yet behaves
+    like its source. Made once per root; returns it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(mix.names()):
+        target = root / name
+        if (target / "adapter_model.safetensors").is_file():
+            continue
+        source = Path(mix.sources[k % len(mix.sources)])
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        tensors = load_file(tmp / "adapter_model.safetensors")
+        save_file({key: t * (1 + k / 1e4) if "lora_B" in key else t for key, t in tensors.items()}, tmp / "adapter_model.safetensors")
+        tmp.rename(target)
+    return root

@@ -7,11 +7,11 @@ from tuneserve.engine.checks import check_parallelism, check_platform_options
 from tuneserve.engine.cpu import apply_cpu_defaults, cpu_thread_env, has_fast_bf16, is_cpu_platform
 from tuneserve.engine.interface import Engine
 from tuneserve.engine.launch import chat_prompt_ids, start_engine, start_eval_engine, tokens_prompt
-from tuneserve.engine.memory import KVCachePlan, Parallelism, plan_kv_cache
+from tuneserve.engine.memory import KVCachePlan, LoraPlan, Parallelism, plan_kv_cache, plan_loras
 from tuneserve.engine.plugin import choose_lora_kernels
 
 __all__ = [
-    "Engine", "KVCachePlan", "Parallelism", "apply_cpu_defaults", "chat_prompt_ids", "check_parallelism",
+    "Engine", "KVCachePlan", "LoraPlan", "Parallelism", "plan_loras", "apply_cpu_defaults", "chat_prompt_ids", "check_parallelism",
     "check_platform_options", "choose_lora_kernels", "cpu_thread_env", "has_fast_bf16", "is_cpu_platform",
     "plan_kv_cache", "start_engine", "start_eval_engine", "tokens_prompt",
 ]

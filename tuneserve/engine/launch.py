@@ -58,6 +58,16 @@ def start_engine(model_dir: Path, cpu_threads: int | None = None, **engine_kwarg
     return AsyncLLM.from_engine_args(args)
 
 
-def start_eval_engine(model_dir: Path):
-    """A small engine for scoring: 1,024-token context, 1 GiB of KV cache, no request logging."""
-    return start_engine(model_dir, max_model_len=1024, kv_cache_memory_bytes=1 << 30, enable_log_requests=False)
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels are built for
+
+
+def lora_rank_for(rank: int) -> int:
+    """The smallest engine max_lora_rank that holds an adapter of this rank."""
+    return next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
+
+
+def start_eval_engine(model_dir: Path, adapter_rank: int | None = None):
+    """A small engine for scoring: 1,024-token context, 1 GiB of KV cache, no request logging; with
+    `adapter_rank`, LoRA on for one adapter of that rank (served as the server serves it)."""
+    lora = {} if adapter_rank is None else {"enable_lora": True, "max_loras": 1, "max_lora_rank": lora_rank_for(adapter_rank)}
+    return start_engine(model_dir, max_model_len=1024, kv_cache_memory_bytes=1 << 30, enable_log_requests=False, **lora)

@@ -142,3 +142,31 @@ def _check_explicit(
             f"the {available / GIB:.2f} GiB available; lower --kv-cache-gib (or leave it out for a default that fits)"
         )
 
+
+
+LORA_CACHE_SHARE = 0.05  # of the available memory, at most, for the engine's cache of adapters (CPU)
+MAX_DEFAULT_CPU_LORAS = 32
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    max_loras: int
+    max_cpu_loras: int
+    max_rank: int
+    adapter_bytes: int  # the largest adapter of max_rank on every linear layer, 16-bit
+
+    def describe(self) -> str:
+        return (f"LoRA: {self.max_loras} adapters per step, {self.max_cpu_loras} kept loaded in the engine, rank <= {self.max_rank} "
+                f"(at most {self.adapter_bytes / (1 << 20):.1f} MiB each); --no-lora serves the base only")
+
+
+def plan_loras(weight_shapes: dict[str, list[int]], max_rank: int, max_loras: int, max_cpu_loras: int | None,
+               available_bytes: int | None = None) -> LoraPlan:
+    """How many adapters the engine keeps loaded (--max-cpu-loras): given none, as many as fit in
+    LORA_CACHE_SHARE of the available memory, at least --max-loras and at most MAX_DEFAULT_CPU_LORAS."""
+    adapter_bytes = sum(max_rank * (out + inp) * 2 for out, inp in (s for s in weight_shapes.values() if len(s) == 2))
+    if max_cpu_loras is None:
+        available = available_memory_bytes() if available_bytes is None else available_bytes
+        fits = int(available * LORA_CACHE_SHARE // max(adapter_bytes, 1))
+        max_cpu_loras = max(max_loras, min(MAX_DEFAULT_CPU_LORAS, fits))
+    return LoraPlan(max_loras, max(max_cpu_loras, max_loras), max_rank, adapter_bytes)

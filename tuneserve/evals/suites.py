@@ -11,7 +11,6 @@ suite, two ways:
 
 import asyncio
 import math
-import tempfile
 from pathlib import Path
 
 from tuneserve.artifacts import read_manifest, write_manifest
@@ -20,7 +19,7 @@ from tuneserve.data.general import general_items
 from tuneserve.engine import start_eval_engine
 from tuneserve.evals.scoring import EvalSample, SampleScore, _adapter, _Scorer, evaluate, load_eval_samples, summarize
 from tuneserve.models import resolve_model
-from tuneserve.models.merge import merge_lora
+from tuneserve.models.identity import read_adapter_config
 
 SUITES = ("demo", "demo:<task>", "general")
 
@@ -51,14 +50,12 @@ def forgetting_report(model: str | None = None, adapter: str | None = None, cand
     samples = suite_samples("general")
     base_scores, base_on_own = asyncio.run(_suite_scores(base_dir, samples))
     base_answers = [s.output for s in base_scores]
-    with tempfile.TemporaryDirectory(prefix="tuneserve-forgetting-") as tmp:
-        if adapter is not None:
-            candidate_dir = _adapter(adapter)
-            merge_lora(base_dir, candidate_dir, Path(tmp))
-            model_dir = Path(tmp)
-        else:
-            model_dir = candidate_dir = resolve_model(candidate)
-        cand_scores, cand_on_base = asyncio.run(_suite_scores(model_dir, samples, base_answers))
+    if adapter is not None:  # served on the base through the LoRA path, as `tuneserve serve` serves it
+        candidate_dir = _adapter(adapter)
+        cand_scores, cand_on_base = asyncio.run(_suite_scores(base_dir, samples, base_answers, candidate_dir))
+    else:
+        candidate_dir = resolve_model(candidate)
+        cand_scores, cand_on_base = asyncio.run(_suite_scores(candidate_dir, samples, base_answers))
     report = _report(samples, base_scores, cand_scores, base_on_own, cand_on_base)
     manifest = read_manifest(candidate_dir)
     if manifest is not None:
@@ -67,15 +64,18 @@ def forgetting_report(model: str | None = None, adapter: str | None = None, cand
     return report
 
 
-async def _suite_scores(model_dir: Path, samples: list[EvalSample], reference_answers: list[str] | None = None):
+async def _suite_scores(model_dir: Path, samples: list[EvalSample], reference_answers: list[str] | None = None,
+                        adapter_dir: Path | None = None):
     """One engine: every sample scored (greedy output, exact match, answer log-prob), and with
-    `reference_answers` the log-prob of each of those as the answer, too."""
+    `reference_answers` the log-prob of each of those as the answer, too; with `adapter_dir`, the
+    model with that adapter."""
     from transformers import AutoTokenizer
+    from vllm.lora.request import LoRARequest
 
-
-    engine = start_eval_engine(model_dir)
+    engine = start_eval_engine(model_dir, read_adapter_config(adapter_dir).get("r") if adapter_dir else None)
     try:
-        scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir))
+        lora = LoRARequest("evaluated", 1, str(adapter_dir)) if adapter_dir else None
+        scorer = _Scorer(engine, AutoTokenizer.from_pretrained(model_dir), lora)
         scores = list(await asyncio.gather(*(scorer.score(s) for s in samples)))
         answers = reference_answers if reference_answers is not None else [s.output for s in scores]
         refs = [EvalSample(s.task, s.prompt, a) for s, a in zip(samples, answers, strict=True)]

@@ -48,6 +48,7 @@ class AdapterInfo:
     target_modules: list[str]
     base_model: str | None
     source_path: Path | None = None  # where it was loaded from
+    num_bytes: int = 0  # the snapshot's size on disk
 
 
 def check_name(name: str, base: ServedBase) -> None:

@@ -20,6 +20,7 @@ class LoadAdapter(BaseModel):
     name: str = Field(description="Name clients put in `model`.")
     path: str = Field(description="Adapter directory, absolute or relative to an adapter root.")
     force: bool = Field(False, description="Load even if it was trained on another base model.")
+    pinned: bool = Field(False, description="Keep an engine slot: never evicted at any tier (at most --max-loras minus one).")
 
 
 class VLLMLoadAdapter(BaseModel):
@@ -36,17 +37,17 @@ def registry(raw: Request) -> AdapterRegistry:
     authorize(raw, "admin")
     adapters = raw.app.state.serving.adapters
     if adapters is None:
-        raise BadRequestError("this server runs without LoRA: start it with --adapter or --adapter-root")
+        raise BadRequestError("this server runs without LoRA (--no-lora)")
     return adapters
 
 
 def allowed_path(raw: Request, path: str) -> Path:
-    return resolve_path(path, [Path(p) for p in raw.app.state.config.adapter_roots])
+    return resolve_path(path, raw.app.state.config.adapter_root_dirs)
 
 
 @router.post("/v1/adapters")
 async def load_adapter(body: LoadAdapter, raw: Request):
-    version = await registry(raw).load(body.name, allowed_path(raw, body.path), body.force)
+    version = await registry(raw).load(body.name, allowed_path(raw, body.path), body.force, pinned=body.pinned)
     return version.describe()
 
 

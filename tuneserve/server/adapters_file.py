@@ -5,6 +5,7 @@
       support:
         path: /adapters/support
         version: "2026-11-27"            # change it to reload the same path (new files, same place)
+        pinned: true                     # keep an engine slot: never evicted at any tier
 
 The server reconciles at start and whenever the file's content changes (polled, so that a
 Kubernetes ConfigMap, which is swapped in through a symlink, is seen like any edit): new entries
@@ -42,6 +43,8 @@ class AdapterEntry(BaseModel):
     path: str = Field(description="Adapter directory (relative paths are relative to the adapters file).")
     version: str | None = Field(None, description="Any label; changing it reloads the adapter from the same path.")
     force: bool = Field(False, description="Load even if it was trained on another base model.")
+    pinned: bool = Field(False, description="Keep an engine slot and vLLM's adapter cache entry: never evicted at any "
+                         "tier (at most --max-loras minus one adapters are pinned).")
 
     @field_validator("version", mode="before")
     @classmethod
@@ -153,7 +156,7 @@ class AdaptersFileWatcher:
     async def _apply(self, name: str, entry: AdapterEntry) -> None:
         is_swap = name in self.registry.current
         try:
-            version = await self.registry.load(name, Path(entry.path), entry.force, source="file")
+            version = await self.registry.load(name, Path(entry.path), entry.force, source="file", pinned=entry.pinned)
         except TuneserveError as e:
             self._set_error(name, e.message)
             return

@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneserve.server.adapter_merge import parse_merge
 from tuneserve.server.errors import BadRequestError, ClientError
 from tuneserve.server.guards import GuardSpec
 
@@ -166,6 +167,13 @@ class Tenant:
             raise ForbiddenError(f"this API key lacks the {scope!r} scope")
 
     def may_use(self, name: str) -> bool:
+        """`name` matches one of the key's globs; a merge, when every adapter in it does."""
+        try:
+            recipe = parse_merge(name)
+        except ClientError:
+            recipe = None
+        if recipe is not None:
+            return all(self.may_use(part) for part in recipe.names)
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.spec.models)
 
     def require_model(self, name: str) -> None:

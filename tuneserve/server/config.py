@@ -3,17 +3,15 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tuneserve.config import tuneserve_home
+from tuneserve.engine.launch import LORA_RANKS
+from tuneserve.engine.memory import LORA_CACHE_SHARE, MAX_DEFAULT_CPU_LORAS
 from tuneserve.models.aliases import DEFAULT_MODEL
+from tuneserve.server.adapter_sources import check_url_prefix
 
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels are built for
 LoraRank = Literal[LORA_RANKS]
-
-
-def lora_rank_for(rank: int) -> int:
-    """The smallest engine max_lora_rank that holds an adapter of this rank."""
-    return next((r for r in LORA_RANKS if r >= rank), LORA_RANKS[-1])
 
 
 class ServeConfig(BaseModel):
@@ -57,14 +55,27 @@ class ServeConfig(BaseModel):
         None, description="How vLLM starts its ranks: mp (processes on this node), ray (several nodes), uni; default: vLLM's.",
     )
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
-    enable_lora: bool | None = Field(
-        None, description="Let requests use LoRA adapters; default: on when --adapter, --adapter-root or --adapters-file is given."
+    enable_lora: bool = Field(
+        True, json_schema_extra={"flag": "--lora/--no-lora"},
+        description="Serve LoRA adapters (on by default: any adapter a request names is loaded on first use); --no-lora "
+        "serves the base model only.",
     )
     adapters: dict[str, str] = Field(
         default_factory=dict, json_schema_extra={"flag": "--adapter"}, description="Adapters to load at start: NAME=PATH (repeatable)."
     )
     adapter_roots: list[str] = Field(
-        default_factory=list, json_schema_extra={"flag": "--adapter-root"}, description="Directories adapters may be loaded from at run time (admin API)."
+        default_factory=list, json_schema_extra={"flag": "--adapter-root"},
+        description="Directories of adapters (one directory per adapter name) that requests load on first use and the "
+        "admin API loads from; default: $TUNESERVE_HOME/adapters.",
+    )
+    adapter_url_prefixes: list[str] = Field(
+        default_factory=list, json_schema_extra={"flag": "--adapter-url-prefix"},
+        description="URL prefixes (http(s)://HOST/PATH/) of adapter archives requests may name as `model` (repeatable); "
+        "none by default, so a request cannot make the server fetch an arbitrary URL.",
+    )
+    adapter_disk_gib: float = Field(
+        4.0, gt=0, description="Disk for the checked snapshots of adapters loaded on first use (and their downloads): past "
+        "it the least recently used idle, unpinned one is unloaded.",
     )
     adapters_file: str | None = Field(
         None, description="YAML file declaring adapters (name -> path, optional version) that the server loads at "
@@ -73,7 +84,10 @@ class ServeConfig(BaseModel):
     adapters_file_poll_s: float = Field(2.0, gt=0, description="How often the --adapters-file is checked for changes.")
     max_loras: int = Field(4, ge=1, description="Adapters active in one engine step.")
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).")
-    max_cpu_loras: int | None = Field(None, ge=1, description="Adapters kept loaded in the engine's cache.")
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="Adapters kept loaded in vLLM's adapter cache; default: as many as fit in "
+        f"{LORA_CACHE_SHARE:.0%} of the available memory, at least --max-loras, at most {MAX_DEFAULT_CPU_LORAS} (logged at start).",
+    )
     lora_kernels: Literal["tuneserve", "vllm"] = Field(
         "tuneserve", description="CPU only: multi-LoRA ops - tuneserve's grouped GEMMs (vLLM plugin) or vLLM's own "
         "per-token ops (README, multi-LoRA speed).",
@@ -168,6 +182,11 @@ class ServeConfig(BaseModel):
             adapters[name] = path
         return adapters
 
+    @field_validator("adapter_url_prefixes")
+    @classmethod
+    def _check_url_prefixes(cls, v):
+        return [check_url_prefix(prefix) for prefix in v]
+
     @field_validator("speculative")
     @classmethod
     def _check_speculative(cls, v):
@@ -182,6 +201,12 @@ class ServeConfig(BaseModel):
             raise ValueError(f"{v}: no such file")
         return v
 
+    @model_validator(mode="after")
+    def _adapters_need_lora(self):
+        if self.adapters and not self.enable_lora:
+            raise ValueError(f"adapters: {sorted(self.adapters)} need LoRA; drop --no-lora (enable_lora: false)")
+        return self
+
     @property
     def num_ranks(self) -> int:
         """Engine ranks (devices, or groups of CPU cores) this config starts."""
@@ -193,8 +218,16 @@ class ServeConfig(BaseModel):
 
     @property
     def is_lora_enabled(self) -> bool:
-        is_needed = bool(self.adapters or self.adapter_roots or self.adapters_file)
-        return is_needed if self.enable_lora is None else self.enable_lora
+        return self.enable_lora
+
+    @property
+    def adapter_root_dirs(self) -> list[Path]:
+        """--adapter-root, or the default $TUNESERVE_HOME/adapters (created if missing)."""
+        if self.adapter_roots:
+            return [Path(r).expanduser().resolve() for r in self.adapter_roots]
+        default = tuneserve_home() / "adapters"
+        default.mkdir(parents=True, exist_ok=True)
+        return [default.resolve()]
 
 
 DEFAULT_SPECULATIVE_TOKENS = 4

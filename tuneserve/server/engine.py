@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 from tuneserve.engine import (
+    LoraPlan,
     Parallelism,
     check_parallelism,
     check_platform_options,
@@ -40,7 +41,7 @@ def parallelism(config: ServeConfig) -> Parallelism:
     return Parallelism(config.tensor_parallel_size, config.pipeline_parallel_size, config.data_parallel_size)
 
 
-def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
+def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool, lora_plan: LoraPlan | None = None) -> dict:
     """AsyncEngineArgs fields from the serve config (model and CPU defaults come from start_engine)."""
     extra = {} if config.gpu_memory_utilization is None else {"gpu_memory_utilization": config.gpu_memory_utilization}
     return dict(
@@ -55,7 +56,7 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
         enable_lora=config.is_lora_enabled,
         max_loras=config.max_loras,
         max_lora_rank=config.max_lora_rank,
-        max_cpu_loras=config.max_cpu_loras,
+        max_cpu_loras=lora_plan.max_cpu_loras if lora_plan else config.max_cpu_loras,
         speculative_config=speculative_config(config),
         tensor_parallel_size=config.tensor_parallel_size,
         pipeline_parallel_size=config.pipeline_parallel_size,
@@ -67,11 +68,13 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool) -> dict:
     )
 
 
-def build_engine(config: ServeConfig, model_dir: Path):
+def build_engine(config: ServeConfig, model_dir: Path, lora_plan: LoraPlan | None = None):
     """The server's AsyncLLM, after the platform checks."""
     is_cpu = is_cpu_platform()
     check_platform_options(config, is_cpu)
     check_parallelism(config, model_dir, is_cpu)
     if is_cpu and config.is_lora_enabled:
         choose_lora_kernels(config.lora_kernels)
-    return start_engine(model_dir, config.cpu_threads, **engine_kwargs(config, model_dir, is_cpu))
+    if lora_plan is not None:
+        logger.info("%s", lora_plan.describe())
+    return start_engine(model_dir, config.cpu_threads, **engine_kwargs(config, model_dir, is_cpu, lora_plan))

@@ -9,6 +9,7 @@ from pathlib import Path
 import uvicorn
 
 from tuneserve.config import tuneserve_home
+from tuneserve.engine import plan_loras
 from tuneserve.models import model_fingerprint, resolve_model
 from tuneserve.models.facts import safetensors_header, weight_files
 from tuneserve.server.adapter_checks import ServedBase
@@ -83,12 +84,15 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards,
     from transformers import AutoTokenizer
 
 
-    engine = build_engine(config, model_dir)
+    lora_plan = None if base is None else plan_loras(base.weight_shapes, config.max_lora_rank, config.max_loras, config.max_cpu_loras)
+    engine = build_engine(config, model_dir, lora_plan)
     watcher = None
     try:
         adapters = None
         if base is not None:
-            adapters = AdapterRegistry(engine, base, config.max_lora_rank, snapshots)
+            adapters = AdapterRegistry(engine, base, config.max_lora_rank, snapshots, roots=config.adapter_root_dirs,
+                                       max_disk_bytes=int(config.adapter_disk_gib * (1 << 30)), url_prefixes=config.adapter_url_prefixes,
+                                       max_pinned=config.max_loras - 1)
             for name, info in prepared.items():
                 await adapters.load(name, info.source_path, source="cli", info=info)
             if config.adapters_file:

@@ -26,6 +26,17 @@ COMPLETION_TOKENS = Counter("tuneserve_completion_tokens", "Tokens generated.", 
 ADAPTERS_LOADED = Gauge("tuneserve_adapters_loaded", "Adapters currently loaded (current versions).")
 ADAPTER_SWAPS = Counter("tuneserve_adapter_swaps", "Hot swaps: a name loaded again with a new version.")
 ADAPTER_EVICTIONS = Counter("tuneserve_adapter_evictions", "Adapter versions removed from the engine.")
+ADAPTER_LOADS = Counter("tuneserve_adapter_loads", "Adapter loads, by how they came (cli, file, api, jit: on first use).", ["source"])
+ADAPTER_LOAD_SECONDS = Histogram(
+    "tuneserve_adapter_load_seconds", "Loads on first use, from the request to the engine (fetch, snapshot, checks), by source kind.",
+    ["kind"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+)
+ADAPTER_LOOKUPS = Counter("tuneserve_adapter_lookups", "Requests naming an adapter: hit (loaded) or miss (loaded on first use).", ["adapter", "result"])
+ADAPTER_DISK_EVICTIONS = Counter("tuneserve_adapter_disk_evictions", "Adapters unloaded to keep the snapshots within --adapter-disk-gib.")
+ADAPTERS_RESIDENT = Gauge(
+    "tuneserve_adapter_resident", "1 per adapter and tier: engine (in vLLM's adapter cache now) or disk (loaded, its checked "
+    "snapshot on disk). What a LoRA-affinity router reads.", ["adapter", "tier"],
+)
 ADAPTERS_FILE_ERRORS = Gauge("tuneserve_adapters_file_errors", "1 for each --adapters-file entry that is not served as declared.", ["adapter"])
 ADAPTERS_FILE_RECONCILES = Counter("tuneserve_adapters_file_reconciles", "--adapters-file reconcile rounds by result (ok, error, file_error).", ["result"])
 GUARD_EVENTS = Counter("tuneserve_guard_events", "Requests a guard blocked or flagged.", ["guard", "action", "tenant"])

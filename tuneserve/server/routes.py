@@ -89,5 +89,7 @@ async def version(raw: Request):
 
 @router.get("/metrics")
 async def metrics(raw: Request):
+    if raw.app.state.serving.adapters is not None:
+        await raw.app.state.serving.adapters.refresh_resident()
     body, content_type = render_metrics(raw.app.state.serving.engine.get_num_unfinished_requests())
     return Response(body, media_type=content_type)

@@ -74,15 +74,15 @@ class OpenAIServing:
             stats.adapter = BASE
             yield None
             return
-        if self.adapters is not None and name in self.adapters.current:
-            async with self.adapters.hold(name) as version:
+        if self.adapters is not None and self.adapters.is_known(name):
+            async with self.adapters.hold(name, load_if_missing=True) as version:
                 stats.adapter = name
                 yield version.lora_request()
             return
         raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
     def require_known(self, name: str) -> None:
-        if name not in self.model.names and (self.adapters is None or name not in self.adapters.current):
+        if name not in self.model.names and (self.adapters is None or not self.adapters.is_known(name)):
             raise ModelNotFoundError(f"The model `{name}` does not exist.", param="model")
 
     def list_models(self, is_allowed=lambda name: True, show_paths: bool = True) -> ModelList:
