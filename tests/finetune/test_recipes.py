@@ -108,7 +108,7 @@ def test_existing_output_dir_needs_overwrite(tmp_path):
 
 
 def test_resume_without_checkpoint_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
         prepare(load_recipe(write(tmp_path, GOOD), "sft", []), resume=True)
 
 

@@ -8,6 +8,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tuneserve.data.rows import DataError
+
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December"]
 NAMES = ["Maria", "Tom", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Jonas", "Fatima", "Wei",
@@ -66,11 +68,11 @@ TASKS: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
 
 
 def task_names(spec: str) -> list[str]:
-    """`all` or one task name -> task names; unknown names raise ValueError naming the choices."""
+    """`all` or one task name -> task names; an unknown name is a DataError naming the choices."""
     if spec == "all":
         return list(TASKS)
     if spec not in TASKS:
-        raise ValueError(f"unknown demo task {spec!r}; choose from all, {', '.join(TASKS)}")
+        raise DataError(f"unknown demo task {spec!r}; choose from all, {', '.join(TASKS)}")
     return [spec]
 
 

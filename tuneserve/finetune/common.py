@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, refuse_existing, write_manifest
+from tuneserve.config import ConfigError
 from tuneserve.data import task_names
 from tuneserve.evals import evaluate, load_eval_samples
 from tuneserve.finetune.data import load_rows
@@ -85,14 +86,14 @@ def _check_resumable(recipe: Recipe) -> None:
 
     work = recipe.work_dir()
     if not _last_checkpoint(work):
-        raise FileNotFoundError(f"--resume: no complete checkpoint under {work}")
+        raise ConfigError(f"resume: no complete checkpoint under {work}")
     try:
         recorded = json.loads((work / RUN_FILE).read_text()).get("recipe_sha256")
     except (OSError, ValueError):
         recorded = None
     if recorded != _recipe_fingerprint(recipe):
-        raise FileNotFoundError(
-            f"--resume: the checkpoints under {work} belong to another run (its recipe differs); "
+        raise ConfigError(
+            f"resume: the checkpoints under {work} belong to another run (its recipe differs); "
             "run without --resume to start over"
         )
 
