@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.helpers import ADAPTERS, ADMIN_KEY, GUARD_MODEL, KEYS_YAML, MODEL
-from tuneserve.bench.server_process import ServerProcess, free_port, stop_server
-from tuneserve.bench.server_process import start_server as start_server_process
+from tuneserve.server.process import ServerProcess, free_port, stop_server
+from tuneserve.server.process import start_server as start_server_process
 
 # No memory flags: every test server sizes its KV cache the way `tuneserve serve` does for users.
 SERVER_ARGS = ["--max-model-len", "2048", "--max-num-seqs", "32"]

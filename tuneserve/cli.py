@@ -38,7 +38,7 @@ from tuneserve.optimize.options import (
     QuantizeOptions,
 )
 from tuneserve.options import command_from
-from tuneserve.server import ServeConfig
+from tuneserve.server import ServeConfig, serve_replicas
 from tuneserve.server import serve as run_server
 
 app = typer.Typer(help="Finetune, optimize, serve, bench and deploy LLMs.", no_args_is_help=True)
@@ -88,12 +88,13 @@ SERVE_DOC = """Serve a model behind an OpenAI-compatible API (vLLM in-process).
       tuneserve serve --adapter dates=examples/adapters/dates --adapter-root runs --api-keys keys.yaml
       tuneserve serve --adapters-file examples/adapters.yaml
       tuneserve serve --adapter dates=examples/adapters/dates --playground --guard-model examples/adapters/guard
+      tuneserve serve --replicas 2                   # two servers behind vLLM's router (cache-aware routing)
     """
 
 
 def serve(settings: ServeConfig) -> None:
     try:
-        exit_code = run_server(settings)
+        exit_code = serve_replicas(settings) if settings.replicas > 1 else run_server(settings)
     except UserError:
         raise
     except Exception as e:  # vLLM's own start-up failures: one line, the traceback only when debugging

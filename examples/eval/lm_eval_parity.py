@@ -46,7 +46,7 @@ def main() -> None:
         if args.url:
             result = compare(args.url, args.model, model_dir, Path(tmp) / "task")
         else:
-            from tuneserve.bench.server_process import start_server, stop_server
+            from tuneserve.server.process import start_server, stop_server
 
             server = start_server(Path(tmp), "--model", args.model)
             try:

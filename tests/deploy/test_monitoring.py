@@ -89,7 +89,7 @@ def test_a_real_prometheus_scrapes_the_server_and_the_dashboard_shows_data(serve
     evaluates without error, and the panels fed by traffic return data."""
     require_tool("promtool", install=PROMETHEUS_INSTALL)
     prometheus = require_tool("prometheus", install=PROMETHEUS_INSTALL)
-    from tuneserve.bench.server_process import free_port
+    from tuneserve.server.process import free_port
 
     port = free_port()
     config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 from tests.conftest import start_server
 from tests.deploy.monitoring import SPECULATIVE, served_names
 from tuneserve.artifacts import read_manifest
-from tuneserve.bench.server_process import stop_server
 from tuneserve.optimize import OptimizeError, run_distill
 from tuneserve.optimize.distill import distill_loss, student_layers
 from tuneserve.optimize.options import DistillOptions
+from tuneserve.server.process import stop_server
 
 PROMPTS = ["What is the capital of France?", "Write one sentence about the sea.", "Name three colors."]
 

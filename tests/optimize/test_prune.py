@@ -7,11 +7,11 @@ from typer.testing import CliRunner
 
 from tests.conftest import start_server
 from tuneserve.artifacts import read_manifest
-from tuneserve.bench.server_process import stop_server
 from tuneserve.cli import app
 from tuneserve.optimize import OptimizeError, run_prune
 from tuneserve.optimize.options import PruneOptions
 from tuneserve.optimize.prune import weight_sparsity
+from tuneserve.server.process import stop_server
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from tests.conftest import start_server
 from tuneserve.artifacts import read_manifest
-from tuneserve.bench.server_process import stop_server
 from tuneserve.optimize import OptimizeError, run_quantize
 from tuneserve.optimize.options import QuantizeOptions
 from tuneserve.optimize.quantize import group_size_for
+from tuneserve.server.process import stop_server
 
 
 # W8A8 shares every step but the recipe with W4A16 and costs ~3 minutes more: `make test-slow` runs it.

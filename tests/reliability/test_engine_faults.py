@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import start_server
 from tests.helpers import assert_openai_error, chat_body
-from tuneserve.bench.server_process import stop_server
+from tuneserve.server.process import stop_server
 
 pytestmark = pytest.mark.engine
 

@@ -15,7 +15,7 @@ from hypothesis.errors import Unsatisfiable
 
 from tests.conftest import start_server
 from tests.helpers import ADAPTERS
-from tuneserve.bench.server_process import stop_server
+from tuneserve.server.process import stop_server
 
 pytestmark = pytest.mark.engine
 

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import start_server
 from tests.helpers import GUARD_MODEL, MODEL, metric, read_metrics, wait_until_idle
 from tests.reliability.test_load import tree_rss_mib
-from tuneserve.bench.server_process import stop_server
+from tuneserve.server.process import stop_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import start_server
 from tests.helpers import ADAPTERS, MODEL, wait_until_idle
-from tuneserve.bench.server_process import stop_server
+from tuneserve.server.process import stop_server
 
 pytestmark = pytest.mark.engine
 

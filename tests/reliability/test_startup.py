@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from tests.helpers import ADAPTERS
-from tuneserve.bench.server_process import free_port, launch, stop_server
 from tuneserve.config import tuneserve_home
+from tuneserve.server.process import free_port, launch, stop_server
 
 DATE_PROMPT = "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only."
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import start_server
 from tests.helpers import ADAPTERS
-from tuneserve.bench.server_process import stop_server
+from tuneserve.server.process import stop_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 PROMPTS = ["Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only.",

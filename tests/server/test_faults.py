@@ -136,7 +136,7 @@ def serving(app):
 
     import uvicorn
 
-    from tuneserve.bench.server_process import free_port
+    from tuneserve.server.process import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -267,8 +267,8 @@ def test_a_drain_that_runs_out_stops_the_server_and_aborts_what_was_left(tokeniz
 
     import uvicorn
 
-    from tuneserve.bench.server_process import free_port
     from tuneserve.server.main import DrainingServer
+    from tuneserve.server.process import free_port
 
     engine = FakeEngine(num_tokens=2000, token_delay_s=0.005)  # 10 s of tokens
     app = create_app(ServeConfig(), engine, tokenizer, ServedModel(names=[MODEL], path="/fake", max_model_len=4096))

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import start_server
 from tests.helpers import ADAPTERS, MODEL
 from tests.server.test_adapters import PROMPTS
-from tuneserve.bench.server_process import stop_server
+from tuneserve.server.process import stop_server
 
 # Two float32 servers (~90 s): `make test-slow`. In `make test` the ops are checked against vLLM's
 # own in tests/models/test_lora_kernels.py, and every adapter test on the session server runs them.

@@ -13,8 +13,8 @@ import openai
 import pytest
 
 from tests.conftest import start_server
-from tuneserve.bench.server_process import stop_server
 from tuneserve.models import resolve_model
+from tuneserve.server.process import stop_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores")]
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time"]

@@ -33,10 +33,11 @@ class Workload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["synthetic", "sharegpt", "demo"] = Field(
+    kind: Literal["synthetic", "multiturn", "sharegpt", "demo"] = Field(
         "synthetic",
-        description="synthetic: chats of random words; sharegpt: a ShareGPT-format JSON file; "
-        "demo: the finetune demo tasks' held-out prompts.",
+        description="synthetic: chats of random words; multiturn: conversations of `turns` turns under a "
+        "system prompt shared by each of `num_tenants` tenants (each turn resends the history, as chat "
+        "clients do); sharegpt: a ShareGPT-format JSON file; demo: the finetune demo tasks' held-out prompts.",
     )
     num_prompts: int = Field(32, ge=1, description="Requests per run (per rate and repeat).")
     input_len: int = Field(128, ge=1, description="synthetic: prompt length in words (about tokens).")
@@ -50,6 +51,13 @@ class Workload(BaseModel):
         True, description="Start every prompt with a tag unique to the run, so the prefix cache cannot "
         "serve a run from an earlier one. Off only to send a file's prompts verbatim (e.g. to compare "
         "with `vllm bench serve` on a server without prefix caching).",
+    )
+    turns: int = Field(4, ge=1, le=64, description="multiturn: turns per conversation (num_prompts / turns conversations).")
+    system_prompt_len: int = Field(256, ge=0, description="multiturn: words of each tenant's system prompt.")
+    num_tenants: int = Field(4, ge=1, description="multiturn: distinct system prompts, one per tenant.")
+    session_header: Literal["conversation", "model"] | None = Field(
+        None, description="Send X-Session-ID with each request: the conversation's id, or the model (adapter) "
+        "name, for a router's session affinity (vllm-router's consistent_hash and cache_aware read it).",
     )
     path: str | None = Field(None, description="sharegpt: the JSON file.")
     task: str = Field("all", description="demo: one task or `all`.")

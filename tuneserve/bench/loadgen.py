@@ -63,7 +63,8 @@ async def send(client: httpx.AsyncClient, request: BenchRequest, temperature: fl
     result.start_s = started - t0
     state = {"last": None}
     try:
-        async with client.stream("POST", "/v1/chat/completions", json=_payload(request, temperature, seed)) as response:
+        headers = {"X-Session-ID": request.session} if request.session else None
+        async with client.stream("POST", "/v1/chat/completions", json=_payload(request, temperature, seed), headers=headers) as response:
             if response.status_code != 200:
                 body = (await response.aread()).decode(errors="replace")
                 result.error = f"HTTP {response.status_code}: {body[:300]}"

@@ -76,6 +76,7 @@ def calculate_metrics(results: list[RequestResult], duration_s: float, slo_ms: d
         "output_throughput": num_output / duration_s,
         "total_token_throughput": (num_input + num_output) / duration_s,
         "cached_prompt_tokens": sum(r.cached_tokens for r in done),
+        "cached_prompt_share": sum(r.cached_tokens for r in done) / num_input if num_input else 0.0,
     }
     metrics |= _stats("ttft", [r.ttft_s for r in done])
     metrics |= _stats("tpot", [tpot_s(r) for r in done if r.output_tokens > 1])
@@ -115,14 +116,16 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "setting"
 
 
-SERVER_RATIOS = ("prefix_cache_hit_rate", "spec_decode_acceptance_rate")
+SERVER_RATIOS = ("prefix_cache_hit_rate", "spec_decode_acceptance_rate", "adapter_hit_rate")
+SERVER_TOTALS = ("adapter_loads",)  # over all repeats: the loads happen in the first
 
 
 def server_medians(rate: dict) -> dict:
-    """Medians over repeats of the server-side ratios (vLLM's result key for spec decoding)."""
+    """Medians over repeats of the server-side ratios (vLLM's result key for spec decoding), and
+    totals of the counts that only the first repeat has (adapter loads, over every replica)."""
     values = {key: [r["metrics"]["server"][key] for r in rate["repeats"] if key in r["metrics"].get("server", {})]
-              for key in SERVER_RATIOS}
-    return {key: statistics.median(v) for key, v in values.items() if v}
+              for key in SERVER_RATIOS + SERVER_TOTALS}
+    return {key: sum(v) if key in SERVER_TOTALS else statistics.median(v) for key, v in values.items() if v}
 
 
 def cold_and_warm_ttfts(requests: list[dict], seen: set[str]) -> tuple[list[float], list[float]]:

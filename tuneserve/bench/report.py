@@ -33,7 +33,13 @@ def _cell(setting: dict, key: str, fmt: str) -> str:
     return text
 
 
-OPTIONAL = (("prefix_cache_hit_rate", "prefix hits"), ("spec_decode_acceptance_rate", "draft accepted"))
+# Columns shown when any setting has them: (key, header, format).
+OPTIONAL = (
+    ("prefix_cache_hit_rate", "prefix hits", "{:.0%}"), ("cached_prompt_share", "cached prompt", "{:.0%}"),
+    ("spec_decode_acceptance_rate", "draft accepted", "{:.0%}"), ("adapter_hit_rate", "adapter hits", "{:.0%}"),
+    ("adapter_loads", "adapter loads", "{:.0f}"), ("median_ttft_cold_ms", "cold TTFT ms", "{:.0f}"),
+    ("median_ttft_warm_ms", "warm TTFT ms", "{:.0f}"),
+)
 
 
 def markdown_table(summary: dict) -> str:
@@ -41,8 +47,8 @@ def markdown_table(summary: dict) -> str:
     Prefix-cache hits and draft acceptance get a column when any setting has them."""
     settings = summary["settings"]
     reference = next((s.get("output_throughput") for s in settings if s.get("output_throughput")), None)
-    optional = [(k, h) for k, h in OPTIONAL if any(s.get(k) for s in settings)]
-    header = ["setting", *(h for _, h, _ in COLUMNS), "vs first", *(h for _, h in optional), "failed", "peak RSS GiB",
+    optional = [(k, h, f) for k, h, f in OPTIONAL if any(s.get(k) for s in settings)]
+    header = ["setting", *(h for _, h, _ in COLUMNS), "vs first", *(h for _, h, _ in optional), "failed", "peak RSS GiB",
               "start s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for s in settings:
@@ -51,7 +57,7 @@ def markdown_table(summary: dict) -> str:
             continue
         ratio = f"{s['output_throughput'] / reference:.2f}x" if reference else "-"
         startup = s.get("startup_s")
-        extra = [f"{s[k]:.0%}" if s.get(k) is not None else "-" for k, _ in optional]
+        extra = [f.format(s[k]) if s.get(k) is not None else "-" for k, _, f in optional]
         cells = [s["label"], *(_cell(s, k, f) for k, _, f in COLUMNS), ratio, *extra, f"{s.get('failed', 0):.0f}",
                  _gib(s.get("peak_rss_bytes")), "-" if startup is None else f"{startup:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")

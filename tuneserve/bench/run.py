@@ -30,12 +30,12 @@ from tuneserve.bench.metrics import (
     summarize_repeats,
 )
 from tuneserve.bench.report import write_report
-from tuneserve.bench.server_process import free_port, launch, stop_server
 from tuneserve.bench.server_stats import PeakMemory, counter_deltas, scrape_counters
 from tuneserve.bench.workloads import BenchRequest, build_requests, prepare_adapter_mix
 from tuneserve.config import bearer_headers, tuneserve_home
 from tuneserve.engine import cpu_thread_env, plan_kv_cache
 from tuneserve.models import resolve_model
+from tuneserve.server import free_port, launch, replica_ports, stop_server
 
 HEADLINE = ("request_throughput", "output_throughput", "median_ttft_ms", "median_tpot_ms", "p99_ttft_ms")
 
@@ -47,6 +47,7 @@ class Target:
     model: str
     headers: dict[str, str]
     startup_s: float | None = None  # launch to ready; None for --url
+    metrics_urls: list[str] | None = None  # whose /metrics to sum (the replicas behind a router); default base_url
 
 
 def vllm_serve_command(values: dict, port: int) -> list[str]:
@@ -89,11 +90,13 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
     else:
         config = log_dir / f"{slug(setting.name)}.yaml"
         config.write_text(yaml.safe_dump(values))
-        cmd, ready, env = [sys.executable, "-m", "tuneserve", "serve", "--config", str(config), "--port", str(port)], "/ready", None
+        cmd, env = [sys.executable, "-m", "tuneserve", "serve", "--config", str(config), "--port", str(port)], None
+        ready = "/health" if values.get("replicas", 1) > 1 else "/ready"  # the router's own answer for the whole
     started = time.monotonic()
     server = launch(cmd, port, log_dir, env=env, ready_path=ready)
+    replicas = [f"http://127.0.0.1:{p}" for p in replica_ports(port, values.get("replicas", 1))]
     try:
-        yield Target(server.base_url, server.process.pid, name, headers, time.monotonic() - started)
+        yield Target(server.base_url, server.process.pid, name, headers, time.monotonic() - started, replicas or None)
     finally:
         stop_server(server)
 
@@ -121,7 +124,7 @@ def _served_name(url: str, wanted: str, headers: dict) -> str:
 async def _warm_up(client: httpx.AsyncClient, requests: list[BenchRequest], count: int) -> None:
 
     for request in requests[:count]:
-        await send(client, BenchRequest(request.model, request.messages, 8, True), 0.0, 0, 0.0)
+        await send(client, BenchRequest(request.model, request.messages, 8, True, request.session), 0.0, 0, 0.0)
 
 
 def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progress: Callable[[str], None]) -> dict:
@@ -159,11 +162,13 @@ def measure_once(matrix: BenchMatrix, target: Target, requests: list[BenchReques
     async def work(client):
         return await run_load(client, requests, rate, load.burstiness, load.max_concurrency, matrix.temperature, matrix.seed)
 
-    with httpx.Client(base_url=target.base_url, headers=target.headers) as metrics_client:
-        before = scrape_counters(metrics_client)
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(httpx.Client(base_url=url, headers=target.headers))
+                   for url in target.metrics_urls or [target.base_url]]
+        before = scrape_counters(clients)
         with PeakMemory(target.pid) as memory:
             results, duration_s = asyncio.run(_with_client(target, work))
-        after = scrape_counters(metrics_client)
+        after = scrape_counters(clients)
     metrics = calculate_metrics(results, duration_s, matrix.slo)
     metrics |= {"server": counter_deltas(before, after), "peak_rss_bytes": memory.peak_rss_bytes,
                 "peak_gpu_bytes": memory.peak_gpu_bytes}

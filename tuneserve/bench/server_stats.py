@@ -14,27 +14,31 @@ COUNTERS = (
 )
 
 
-def scrape_counters(client: httpx.Client | None) -> dict[str, float]:
-    """Sum of each counter over its label sets; {} when /metrics is not reachable."""
+def scrape_counters(clients: list[httpx.Client]) -> dict[str, float]:
+    """Sum of each counter over its label sets and over the servers (replicas behind a router);
+    a server whose /metrics is not reachable adds nothing."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    if client is None:
-        return {}
-    try:
-        response = client.get("/metrics", timeout=10)
-    except httpx.HTTPError:
-        return {}
-    if response.status_code != 200:
-        return {}
     totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            name = sample.name
-            if name == "tuneserve_adapter_lookups_total":  # tuneserve's own: adapter hits and misses (loads on first use)
-                name = f"adapter_{sample.labels.get('result')}s"
-            elif name not in COUNTERS:
-                continue
-            totals[name] = totals.get(name, 0.0) + sample.value
+    for client in clients:
+        try:
+            response = client.get("/metrics", timeout=10)
+        except httpx.HTTPError:
+            continue
+        if response.status_code != 200:
+            continue
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                name = sample.name
+                if name == "tuneserve_adapter_lookups_total":  # tuneserve's own: adapter hits and misses (loads on first use)
+                    name = f"adapter_{sample.labels.get('result')}s"
+                elif name == "tuneserve_adapter_loads_total":  # loads on first use, summed over replicas
+                    if sample.labels.get("source") != "jit":
+                        continue
+                    name = "adapter_loads"
+                elif name not in COUNTERS:
+                    continue
+                totals[name] = totals.get(name, 0.0) + sample.value
     return totals
 
 

@@ -32,11 +32,14 @@ class BenchRequest:
     messages: list[dict]
     max_tokens: int
     ignore_eos: bool
+    session: str | None = None  # X-Session-ID, for a router's affinity
 
 
 def build_requests(workload: Workload, default_model: str, tag: str, seed: int) -> list[BenchRequest]:
     """`workload.num_prompts` requests; the same seed gives the same lengths and model mix."""
     rng = random.Random(seed)
+    if workload.kind == "multiturn":
+        return _multiturn(workload, default_model, tag, rng)
     prompts = _prompts(workload, rng)
     mix = workload.model_weights or {default_model: 1.0}
     names, weights = list(mix), list(mix.values())
@@ -45,7 +48,41 @@ def build_requests(workload: Workload, default_model: str, tag: str, seed: int) 
         model = rng.choices(names, weights)[0]
         content = f"[{tag}-{i}] {text}" if workload.unique_prefix else text
         ignore_eos = ignore_eos if workload.ignore_eos is None else workload.ignore_eos
-        requests.append(BenchRequest(model, [{"role": "user", "content": content}], max_tokens, ignore_eos))
+        session = model if workload.session_header == "model" else None
+        requests.append(BenchRequest(model, [{"role": "user", "content": content}], max_tokens, ignore_eos, session))
+    return requests
+
+
+def _words(rng: random.Random, count: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(count))
+
+
+def _multiturn(workload: Workload, default_model: str, tag: str, rng: random.Random) -> list[BenchRequest]:
+    """Conversations of `turns` turns, sent turn by turn (every conversation's first turn, then
+    every second turn, ...). Turn k resends the system prompt and the k-1 earlier exchanges (with
+    fixed assistant replies, so a run does not depend on what the model said): a server, or a
+    router, that keeps a conversation where its prefix is cached prefills only the new turn."""
+    systems = [f"[{tag}-tenant{t}] " * workload.unique_prefix + _words(rng, workload.system_prompt_len)
+               for t in range(workload.num_tenants)]
+    mix = workload.model_weights or {default_model: 1.0}
+    names, weights = list(mix), list(mix.values())
+    num_conversations = max(1, workload.num_prompts // workload.turns)
+    conversations = []
+    for c in range(num_conversations):
+        model = rng.choices(names, weights)[0]
+        exchanges = [(_words(rng, _vary(workload.input_len, workload.range_ratio, rng)),
+                      _words(rng, workload.output_len)) for _ in range(workload.turns)]
+        conversations.append((f"{tag}-conv{c}", model, systems[c % len(systems)], exchanges))
+    requests = []
+    for turn in range(workload.turns):
+        for conversation, model, system, exchanges in conversations:
+            messages = [{"role": "system", "content": system}]
+            for user, assistant in exchanges[:turn]:
+                messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+            messages.append({"role": "user", "content": exchanges[turn][0]})
+            session = {"conversation": conversation, "model": model}.get(workload.session_header)
+            ignore_eos = True if workload.ignore_eos is None else workload.ignore_eos
+            requests.append(BenchRequest(model, messages, workload.output_len, ignore_eos, session))
     return requests
 
 
@@ -63,8 +100,7 @@ def _vary(length: int, range_ratio: float, rng: random.Random) -> int:
 
 
 def _synthetic(workload: Workload, rng: random.Random) -> tuple[str, int, bool]:
-    num_words = _vary(workload.input_len, workload.range_ratio, rng)
-    text = " ".join(rng.choice(WORDS) for _ in range(num_words))
+    text = _words(rng, _vary(workload.input_len, workload.range_ratio, rng))
     return text, _vary(workload.output_len, workload.range_ratio, rng), True
 
 

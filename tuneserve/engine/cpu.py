@@ -32,9 +32,16 @@ def cpu_thread_env(cpu_threads: int | None = None, num_ranks: int = 1) -> dict[s
             f"{num_ranks} engine ranks need at least {num_ranks} CPU cores; {num_threads} can be used here "
             "(lower --tensor-parallel-size / --pipeline-parallel-size / --data-parallel-size, or raise --cpu-threads)"
         )
-    per_rank = num_threads // num_ranks
-    groups = [cores[i * per_rank:(i + 1) * per_rank] for i in range(num_ranks)]
-    return {"OMP_NUM_THREADS": str(per_rank), "VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, g)) for g in groups)}
+    groups = core_groups(cores[:num_threads], num_ranks)
+    return {"OMP_NUM_THREADS": str(len(groups[0])), "VLLM_CPU_OMP_THREADS_BIND": "|".join(",".join(map(str, g)) for g in groups)}
+
+
+def core_groups(cores: list[int], n: int) -> list[list[int]]:
+    """`cores` split into `n` equal groups of neighbours (a rank's, or a replica's); the remainder unused."""
+    per_group = len(cores) // n
+    if per_group == 0:
+        raise ValueError(f"{n} groups need at least {n} CPU cores; {len(cores)} can be used here")
+    return [cores[i * per_group:(i + 1) * per_group] for i in range(n)]
 
 
 def apply_cpu_defaults(cpu_threads: int | None = None, num_ranks: int = 1) -> None:

@@ -46,7 +46,7 @@ def classify_trainer(run: Run):
         return encoded | {"labels": [labels.index(label) for label in batch["label"]]}
 
     train, val = (None if d is None else d.map(encode, batched=True, remove_columns=d.column_names) for d in (train, val))
-    model = load_for_training(run.model_dir, r, head="classify", num_labels=len(labels))
+    model = load_for_training(run.model_dir, r, head="classify", num_labels=len(labels), dtype=run.dtype)
     model.config.id2label, model.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
     if r.is_peft:
         from peft import get_peft_model
@@ -75,7 +75,7 @@ def classifier_eval(run: Run, adapter_dir: Path | None) -> dict | None:
         from transformers import AutoTokenizer
 
         torch.manual_seed(run.recipe.seed)  # the untrained head's initialisation, for the "before" score
-        model = load_for_training(run.model_dir, run.recipe, head="classify", num_labels=len(labels)).eval()
+        model = load_for_training(run.model_dir, run.recipe, head="classify", num_labels=len(labels), dtype=run.dtype).eval()
         classifier = Classifier(model, AutoTokenizer.from_pretrained(run.model_dir), labels)
     else:
         classifier = Classifier.load(adapter_dir, run.model_dir, labels)

@@ -11,6 +11,7 @@ from typing import Any
 from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, refuse_existing, write_manifest
 from tuneserve.config import ConfigError
 from tuneserve.data import task_names
+from tuneserve.engine import has_fast_bf16
 from tuneserve.evals import evaluate, load_eval_samples
 from tuneserve.finetune.data import load_rows
 from tuneserve.finetune.launch import process_rank, run_workers
@@ -30,6 +31,7 @@ class Run:
     model_dir: Path
     rows: list[dict]
     dataset_hashes: dict[str, str]
+    dtype: str = "bfloat16"  # the recipe's, with auto resolved for this machine
     started_s: float = field(default_factory=time.monotonic)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -71,7 +73,15 @@ def prepare(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Ru
     rows, hashes = load_rows(recipe)
     if not resume:
         _start_fresh(recipe)
-    return Run(recipe, model_dir, rows, hashes)
+    dtype = training_dtype(recipe.dtype)
+    return Run(recipe, model_dir, rows, hashes, dtype, metrics={"dtype": dtype})
+
+
+def training_dtype(dtype: str) -> str:
+    """auto: bfloat16 where it is computed natively (a GPU, or a CPU with AVX512-BF16/AMX), else float32."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if _has_cuda() or has_fast_bf16() else "float32"
 
 
 def _recipe_fingerprint(recipe: Recipe) -> str:
@@ -151,7 +161,7 @@ def trl_args(run: Run, config_cls: type, has_eval: bool, **extra) -> Any:
         eval_strategy="steps" if has_eval else "no",
         eval_steps=r.save_steps,
         report_to=r.report_to or "none",
-        bf16=True,
+        bf16=run.dtype == "bfloat16",
         use_cpu=not _has_cuda(),
         disable_tqdm=False,
         # TRL's configs take the sequence length; transformers' TrainingArguments (classify) has no such field
@@ -173,7 +183,7 @@ def build_trainer(run: Run, trainer_cls, config_cls, head: str = "causal-lm", **
     train, val = split(run)
     peft_task = "SEQ_CLS" if head == "reward" else "CAUSAL_LM"
     return trainer_cls(
-        model=load_for_training(run.model_dir, r, head=head),
+        model=load_for_training(run.model_dir, r, head=head, dtype=run.dtype),
         args=trl_args(run, config_cls, val is not None, **config_extra),
         train_dataset=train,
         eval_dataset=val,

@@ -50,7 +50,7 @@ def grpo_trainer(run: Run):
 
 
     r = run.recipe
-    model = load_for_training(run.model_dir, r)
+    model = load_for_training(run.model_dir, r, dtype=run.dtype)
     peft_config = lora_config(r) if r.is_peft else None
     if r.init_adapter:
         from peft import PeftModel

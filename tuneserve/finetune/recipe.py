@@ -19,6 +19,10 @@ class Recipe(BaseModel):
     method: Method = Field("sft", description="sft, dpo, orpo, reward, classify or grpo (set by the subcommand).")
     base_model: str = Field(DEFAULT_MODEL, description="Any model reference tuneserve resolves.")
     adapter: Literal["qlora", "lora", "full"] = Field("lora", description="qlora: LoRA on a 4-bit base; full: every weight.")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Weights and autocast while training. auto: bfloat16 on a GPU or a CPU that computes it "
+        "natively (AVX512-BF16, AMX); float32 on other CPUs, where bfloat16 is emulated and several times slower.",
+    )
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field("nf4", description="QLoRA 4-bit data type.")
     bnb_4bit_use_double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants too.")
     bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="QLoRA compute dtype.")

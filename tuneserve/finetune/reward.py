@@ -49,7 +49,7 @@ def load_reward_model(run: Run, adapter_dir: Path | None):
     from peft import PeftModel
 
     torch.manual_seed(run.recipe.seed)  # the untrained head's initialisation, for the "before" score
-    base = load_for_training(run.model_dir, run.recipe, head="reward")
+    base = load_for_training(run.model_dir, run.recipe, head="reward", dtype=run.dtype)
     if adapter_dir is None:
         return base
 

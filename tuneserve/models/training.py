@@ -38,13 +38,13 @@ def lora_config(recipe: Any, task_type: str = "CAUSAL_LM"):
     )
 
 
-def load_for_training(model_dir: Path, recipe: Any, head: str = "causal-lm", num_labels: int = 1):
-    """The base model in bf16, or 4-bit for QLoRA; `head` is causal-lm, reward (1 logit) or
+def load_for_training(model_dir: Path, recipe: Any, head: str = "causal-lm", num_labels: int = 1, dtype: str = "bfloat16"):
+    """The base model in `dtype`, or 4-bit for QLoRA; `head` is causal-lm, reward (1 logit) or
     classify (`num_labels` logits)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict = {"dtype": torch.bfloat16}
+    kwargs: dict = {"dtype": getattr(torch, dtype)}
     if recipe.adapter == "qlora":
         kwargs["quantization_config"] = quantization_config(
             recipe.bnb_4bit_quant_type, recipe.bnb_4bit_use_double_quant, recipe.bnb_4bit_compute_dtype,

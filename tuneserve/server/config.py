@@ -142,6 +142,19 @@ class ServeConfig(BaseModel):
     max_tokens_cap: int | None = Field(None, ge=1, description="Largest max_tokens a request may ask for.")
     request_timeout_s: float | None = Field(None, gt=0, description="Abort requests running longer than this.")
     drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long in-flight requests may take to finish.")
+    replicas: int = Field(
+        1, ge=1, le=64, description="Run this many servers on this machine, each with its share of the cores and memory, "
+        "behind vLLM's router (vllm-router) on --host/--port; a replica that dies is restarted.",
+    )
+    router_policy: Literal["cache_aware", "round_robin", "power_of_two", "consistent_hash", "random"] = Field(
+        "cache_aware", description="With --replicas: how the router picks a replica. cache_aware: where the prompt's "
+        "prefix was served before (warm prefix cache), unless the load is uneven.",
+    )
+    router_retries: int = Field(3, ge=0, le=10, description="With --replicas: tries on another replica after a refusal or a dropped connection.")
+    router_args: list[str] = Field(
+        default_factory=list, json_schema_extra={"flag": "--router-arg"},
+        description="With --replicas: more vllm-router flags, passed as given (repeatable, e.g. --router-arg=--cache-threshold=0.5).",
+    )
     speculative: str | None = Field(
         None, description="Speculative decoding: ngram[:K] or draft:MODEL_REF[:K] (K draft tokens, default 4)."
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openai
 
-from tuneserve.bench.server_process import start_server, stop_server
+from tuneserve.server.process import start_server, stop_server
 
 ROCM_ENV_OVERRIDES: dict = {}
 ROCM_EXTRA_ARGS: list = []

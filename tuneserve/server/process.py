@@ -1,4 +1,5 @@
-"""`tuneserve serve` as a child process: started, waited for, stopped. Used by tests and benchmarks."""
+"""`tuneserve serve` as a child process: started, waited for, stopped. Used by the replica
+supervisor (replicas.py), benchmarks and tests."""
 
 import contextlib
 import os
@@ -40,24 +41,40 @@ def start_server(log_dir: Path, *args: str, env: dict | None = None) -> ServerPr
 def launch(cmd: list[str], port: int, log_dir: Path, env: dict | None = None, ready_path: str = "/ready") -> ServerProcess:
     """Run `cmd`, a command that serves on 127.0.0.1:`port` (e.g. `make serve PORT=...`), until
     `ready_path` answers 200 (`/health` for `vllm serve`)."""
-    log_path = Path(log_dir) / f"server-{port}.log"
+    server = spawn(cmd, port, log_dir, env)
+    try:
+        wait_ready(server, ready_path)
+    except RuntimeError:
+        stop_server(server)
+        raise
+    return server
+
+
+def spawn(cmd: list[str], port: int, log_dir: Path, env: dict | None = None, cores: list[int] | None = None,
+          log_name: str | None = None) -> ServerProcess:
+    """Start `cmd` (its output appended to a log file), on `cores` only if given; do not wait."""
+    log_path = Path(log_dir) / (log_name or f"server-{port}.log")
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         # Its own process group, so that a forced stop also takes vLLM's engine processes.
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+    return ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+
+
+def wait_ready(server: ServerProcess, ready_path: str = "/ready", timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Until `ready_path` answers 200; RuntimeError with the log's tail if the server exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
             if httpx.get(f"{server.base_url}{ready_path}", timeout=2).status_code == 200:
-                return server
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
-    stop_server(server)
-    raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{server.log_tail()}")
+        time.sleep(0.5)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f}s:\n{server.log_tail()}")
 
 
 def stop_server(server: ServerProcess, timeout_s: float = 90) -> int:
