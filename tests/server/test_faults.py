@@ -170,8 +170,8 @@ def live_fake(tokenizer):
     admission.release = lambda: (engine.events.append(("release", "admission")), release())[1]
 
     @contextlib.asynccontextmanager
-    async def logged_hold(name):
-        async with hold(name) as version:
+    async def logged_hold(name, **kwargs):
+        async with hold(name, **kwargs) as version:
             yield version
         engine.events.append(("release", "adapter"))
 

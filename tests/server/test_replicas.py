@@ -6,6 +6,7 @@ sends them."""
 import concurrent.futures
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -14,11 +15,16 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import ADAPTERS, ADMIN_KEY, INFERENCE_KEY, KEYS_YAML, MODEL, metric, read_metrics
+from tests.helpers import ADAPTERS, ADMIN_KEY, INFERENCE_KEY, MODEL, metric, read_metrics
 from tuneserve.server import free_port, launch, replica_ports, stop_server
 
 pytestmark = pytest.mark.engine
 
+KEYS_YAML = f"""
+keys:
+  - {{name: admin, key: {ADMIN_KEY}, scopes: [inference, admin]}}
+  - {{name: tenant-a, key: {INFERENCE_KEY}, scopes: [inference], models: ["smollm2-*", "dates"]}}
+"""
 DATE_PROMPT = "Rewrite the date 3 March 2001 in ISO format (YYYY-MM-DD). Answer with the date only."
 
 
@@ -29,7 +35,7 @@ def replicated(tmp_path_factory):
     root = tmp / "adapters"
     root.mkdir()
     for name in ("a1", "a2", "a3", "a4"):
-        os.symlink(ADAPTERS["dates"], root / name)
+        shutil.copytree(ADAPTERS["dates"], root / name)  # links out of a root are refused
     port = free_port()
     while any(_busy(p) for p in replica_ports(port, 2)):
         port = free_port()
@@ -52,6 +58,13 @@ def client(server, key=ADMIN_KEY, **headers) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=300, default_headers=headers)
 
 
+def burst(c: openai.OpenAI, n: int) -> list:
+    """`n` short chats at once (sequential requests all go where their prefix is cached)."""
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda i: c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Say hi to guest {i}."}], max_tokens=4), range(n)))
+
+
 def served(url: str) -> float:
     """Requests this replica finished (any status), from its own /metrics."""
     samples = read_metrics(httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}))
@@ -62,9 +75,8 @@ def test_the_openai_client_works_unchanged_on_the_routers_port(replicated):
     server, replicas = replicated
     c = client(server)
     assert MODEL in [m.id for m in c.models.list().data]
-    for _ in range(4):
-        reply = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=8)
-        assert reply.choices[0].message.content
+    replies = burst(c, 8)  # 8 at once: past the router's balance threshold (a quarter of --max-num-seqs)
+    assert all(reply.choices[0].message.content for reply in replies)
     chunks = list(c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to three."}],
                                             max_tokens=8, stream=True))
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
@@ -133,7 +145,7 @@ def test_a_replica_killed_under_load_is_retried_around_restarted_and_rejoins(rep
     before = served(replicas[1])
     deadline = time.monotonic() + 60
     while served(replicas[1]) == before and time.monotonic() < deadline:  # back in the router's rotation
-        c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4)
+        burst(c, 8)
     assert served(replicas[1]) > before
     assert re.search(r"replica 1 exited with -?\d+; restarting it", server.log_path.read_text())
 

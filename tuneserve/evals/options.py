@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class SuiteOptions(BaseModel):
@@ -50,17 +50,24 @@ class ArenaOptions(BaseModel):
 
     server: str | None = Field(None, description="A server started with --playground: run judged battles there.")
     api_key: str | None = Field(None, json_schema_extra={"envvar": "TUNESERVE_API_KEY"}, description="Key for server.")
-    judge: str = Field("exact", pattern=r"^(exact|reward:.+)$", description="exact (checkable answers of suite) or reward:DIR (a `finetune reward` model).")
+    judge: str = Field("exact", description="exact (checkable answers of suite) or reward:DIR (a `finetune reward` model).")
     suite: str = Field("demo", description="Prompts for the battles: demo or general.")
     models: str | None = Field(None, description="Comma-separated models to pit (default: the server picks among all).")
     num_battles: int = Field(40, ge=0, description="Judged battles to run (0: only print the leaderboard).")
     db: Path | None = Field(None, description="Without server: print the leaderboard of this arena SQLite file.")
     only_judge: str | None = Field(None, description="Rate only the votes of this judge (human, exact, reward).")
 
+    @field_validator("judge")
+    @classmethod
+    def _known_judge(cls, value: str) -> str:
+        if value != "exact" and not (value.startswith("reward:") and len(value) > len("reward:")):
+            raise ValueError(f"--judge {value!r}: use exact or reward:DIR")
+        return value
+
     @model_validator(mode="after")
     def _server_or_db(self):
         if (self.server is None) == (self.db is None):
-            raise ValueError("give server (run battles there) or db (print a stored leaderboard)")
+            raise ValueError("give --server (run battles there) or --db (print a stored leaderboard)")
         if self.db is not None and not self.db.is_file():
             raise ValueError(f"db {self.db}: no such file")
         return self

@@ -97,7 +97,7 @@ class Battles:
 
 def pick_pair(body: BattleRequest, ctx) -> list[str]:
     """The two models: the ones asked for (the key must be allowed both), or two at random among
-    the base and the adapters the key may use."""
+    the base and the adapters the key may use (per-request merges left out)."""
     if body.models is not None:
         for name in body.models:
             ctx.require_model(name)
@@ -109,7 +109,8 @@ def pick_pair(body: BattleRequest, ctx) -> list[str]:
     tenant, serving = ctx.tenant, ctx.serving
     allowed = [m.id for m in serving.list_models(lambda name: tenant is None or tenant.may_use(name)).data]
     bases = [n for n in serving.model.names if n in allowed][:1]  # the base once, under a name the key may use
-    candidates = bases + [m for m in allowed if m not in serving.model.names]
+    # merges loaded for one request (merge:A*w+B*w) are mixtures of other candidates, not models of their own
+    candidates = bases + [m for m in allowed if m not in serving.model.names and not m.startswith("merge:")]
     if len(candidates) < 2:
         raise BadRequestError("the arena needs at least two models: load an adapter (or allow this key another model)")
     return random.sample(candidates, 2)

@@ -41,6 +41,10 @@ VLLM_UNSUPPORTED: dict[str, Any] = {
     "return_mm_kwargs": None, "kv_transfer_params": None, "ec_transfer_params": None, "vllm_xargs": None,
     "repetition_detection": None, "return_token_offsets": False, "return_prompt_text": None,
     "prompt_embeds": None, "return_tokens_as_token_ids": None,
+    # vllm-router re-serializes every chat and completion request with these SGLang fields at
+    # their defaults (seen on the wire from vllm-router 0.1.17); accepted so replicas work behind it.
+    "no_stop_trim": False, "separate_reasoning": True, "stream_reasoning": True, "return_hidden_states": False,
+    "ignore_eos": False, "continue_final_message": False, "skip_special_tokens": True,
 }
 
 

@@ -42,6 +42,9 @@ POLL_S = 0.5
 ROUTER_ONLY = {"replicas", "host", "port", "router_policy", "router_retries", "router_args"}
 
 
+VLLM_DEFAULT_MAX_NUM_SEQS = 128  # vLLM's CPU default
+
+
 def replica_ports(port: int, n: int) -> list[int]:
     """Where the replicas listen on 127.0.0.1: the N ports after the router's (none for one server)."""
     return [port + 1 + i for i in range(n)] if n > 1 else []
@@ -72,8 +75,13 @@ def replica_values(config: ServeConfig) -> tuple[dict, list[list[int]]]:
 
 
 def router_command(config: ServeConfig, urls: list[str], metrics_port: int) -> list[str]:
+    # cache_aware sends a request to the replica holding its longest prefix until the replicas'
+    # loads differ by more than --balance-abs-threshold (64 by default: more than a CPU replica
+    # batches, so one replica took everything). A quarter of a replica's batch keeps both busy.
+    balance = max(1, (config.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS) // 4)
     return [
         router_binary(), "--worker-urls", *urls, "--policy", config.router_policy,
+        "--balance-abs-threshold", str(balance),
         "--host", config.host, "--port", str(config.port),
         "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
         "--retry-max-retries", str(config.router_retries),
@@ -114,7 +122,8 @@ class Supervisor:
             try:
                 wait_ready(replica)
             except RuntimeError as e:
-                raise StartupError(f"replica {i}: {str(e).splitlines()[0]} (log: {replica.log_path})") from None
+                last = [line for line in str(e).splitlines() if line.strip()][-1]  # a user error is the log's last line
+                raise StartupError(f"replica {i} did not start: {last} (log: {replica.log_path})") from None
         metrics_port = free_port()
         self.router = subprocess.Popen(router_command(self.config, [r.base_url for r in self.replicas], metrics_port),
                                        start_new_session=True)
