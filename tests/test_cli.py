@@ -31,6 +31,12 @@ def test_serve_rejects_a_bad_flag_naming_the_field():
     assert "--max-model-len" in result.output
 
 
+def test_serve_replicas_check_the_routers_flags_before_starting_anything():
+    result = runner.invoke(app, ["serve", "--replicas", "2", "--router-arg=--balance-abs-treshold", "--router-arg=3"])
+    assert result.exit_code == 2
+    assert "--router-arg: vllm-router refused its flags" in result.output
+
+
 def test_serve_rejects_unknown_keys_in_the_config_file(tmp_path):
     config = tmp_path / "serve.yaml"
     config.write_text("model: smollm2-135m-instruct\nmax_modle_len: 1024\n")

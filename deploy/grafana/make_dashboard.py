@@ -2,8 +2,9 @@
 
     python deploy/grafana/make_dashboard.py        (tests/deploy checks the committed file is its output)
 
-Every query reads a series tuneserve's /metrics serves (tuneserve_* or vLLM's vllm:*);
-tests/deploy/test_monitoring.py checks each one against a live server.
+Every query reads a series tuneserve's /metrics serves (tuneserve_* or vLLM's vllm:*), or one
+vllm-router serves (vllm_router_*); tests/deploy/test_monitoring.py checks the first against a live
+server, tests/server/test_replicas.py the second against a live router.
 """
 
 import json
@@ -58,6 +59,15 @@ PANELS = [
         ("loads ({{source}})", f'sum by (source) (rate(tuneserve_adapter_loads_total{{{SEL}}}[{RATE}])) * 60'),
         ("evicted from the engine", f'sum(rate(tuneserve_adapter_evictions_total{{{SEL}}}[{RATE}])) * 60'),
         ("unloaded for disk", f'sum(rate(tuneserve_adapter_disk_evictions_total{{{SEL}}}[{RATE}])) * 60'),
+    ]),
+    # vllm-router in front of replicas (serve --replicas, compose's replicas profile, the chart's router).
+    ("Router: requests per second by replica", "reqps", [
+        ("{{worker}}", f'sum by (worker) (rate(vllm_router_processed_requests_total[{RATE}]))'),
+    ]),
+    ("Router: replicas healthy, in flight, circuit open", "short", [
+        ("healthy {{worker}}", 'vllm_router_worker_health'),
+        ("in flight {{worker}}", 'vllm_router_running_requests'),
+        ("circuit open {{worker}}", 'vllm_router_cb_state > 0'),
     ]),
     ("Cold loads: first request to engine", "s", [
         (f"p{q} {{{{kind}}}}", f'histogram_quantile(0.{q}, sum by (le, kind) (rate(tuneserve_adapter_load_seconds_bucket{{{SEL}}}[{RATE}])))')

@@ -16,6 +16,7 @@ CHART = DEPLOY / "helm" / "tuneserve"
 # (tests/optimize/test_distill.py checks those on a speculative server).
 PROMETHEUS_OWN = {"up"}
 SPECULATIVE = {"vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_draft_tokens_total"}
+ROUTER_PREFIX = "vllm_router_"  # vllm-router's own series (tests/server/test_replicas.py checks them on a live router)
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$instance": ".*"}
 KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf", "nan"}
 

@@ -97,7 +97,8 @@ def test_compose_file_is_valid_compose():
     text = (DEPLOY / "compose.yaml").read_text()
     # YAML merge keys (<<) are resolved by the YAML parser, as docker compose does.
     services = PyCompose.from_json(json.dumps(yaml.safe_load(text))).service_names()
-    assert set(services) == {"tuneserve-cpu", "tuneserve-gpu", "prometheus", "grafana"}
+    assert set(services) == {"tuneserve-cpu", "tuneserve-gpu", "tuneserve-replica-0", "tuneserve-replica-1", "router",
+                             "prometheus", "grafana"}
     with pytest.raises(ValueError, match="stop_grace_perod"):
         PyCompose.from_json(json.dumps(yaml.safe_load(text.replace("stop_grace_period", "stop_grace_perod"))))
 
@@ -121,10 +122,36 @@ def test_compose_serves_the_cpu_image_by_default_and_wires_monitoring():
         adapters_file = command[command.index("--adapters-file") + 1]
         assert any(v.split(":")[1] == adapters_file for v in service["volumes"])
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == [f"tuneserve:{port}"]
+    scrape = {job["job_name"]: job["dns_sd_configs"][0] for job in prometheus["scrape_configs"]}
+    assert scrape["tuneserve"]["names"] == ["tuneserve"] and scrape["tuneserve"]["port"] == int(port)
     mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
     assert (DEPLOY / "grafana" / "provisioning" / "dashboards").is_dir() and mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
     provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "tuneserve.yml").read_text())
     assert mounts["./grafana/dashboards"] == provider["providers"][0]["options"]["path"]
     datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert datasource["datasources"][0]["uid"] == "prometheus"  # the uid every panel names
+
+
+def test_the_replicas_profile_puts_the_router_alone_on_the_port_in_front_of_every_replica():
+    from vllm_router.launch_router import parse_router_args
+
+    spec = compose()
+    services = spec["services"]
+    replicas = [name for name, s in services.items() if s.get("profiles") == ["replicas"] and name != "router"]
+    router = services["router"]
+    assert router["profiles"] == ["replicas"] and router["ports"] == ["127.0.0.1:8000:8000"]
+    command = router["command"]
+    urls = command[command.index("--worker-urls") + 1: command.index("--policy")]
+    assert urls == [f"http://{services[r]['networks']['default']['aliases'][1]}:8000" for r in replicas]
+    for name in replicas:
+        service = services[name]
+        assert service["ports"] == [] and "tuneserve" in service["networks"]["default"]["aliases"]
+        assert service["command"][service["command"].index("--port") + 1] == "8000"
+    assert sorted(services[r]["cpuset"] for r in replicas) == ["0", "1"]  # a core each, as serve --replicas does
+    args = parse_router_args(command)  # vllm-router's own parser: an unknown flag or value exits
+    assert args.worker_urls == urls and args.policy == "cache_aware"
+    with pytest.raises(SystemExit):
+        parse_router_args([*command, "--balance-abs-treshold", "8"])
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    router_job = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "vllm-router")
+    assert router_job["dns_sd_configs"][0]["port"] == int(command[command.index("--prometheus-port") + 1])

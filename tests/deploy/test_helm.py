@@ -29,15 +29,17 @@ VALUE_SETS = {
     "keda autoscaling": {"autoscaling": {"enabled": True}, "modelCache": {"existingClaim": "models"}},
     "hpa autoscaling": {"autoscaling": {"enabled": True, "kind": "hpa"}, "modelCache": {"accessModes": ["ReadWriteMany"]}},
     "no cache volume": {"modelCache": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
+    "router in front": {"router": {"enabled": True}, "replicaCount": 2, "modelCache": {"accessModes": ["ReadWriteMany"]}},
 }
 
 
 def render(values: dict) -> dict[str, dict]:
-    """kind -> manifest (this chart renders at most one of each kind)."""
+    """kind -> manifest (the server's objects), "router <kind>" for the router's (at most one of each)."""
     with helm.Chart.load(CHART) as chart:
         rendered = chart.render(values, name="demo", namespace="llm")
     docs = [d for name, text in rendered.items() if not name.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
-    by_kind = {d["kind"]: d for d in docs}
+    by_kind = {("router " if name.endswith("router.yaml") else "") + d["kind"]: d
+               for name, text in rendered.items() if not name.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d}
     assert len(by_kind) == len(docs)
     return by_kind
 
@@ -177,3 +179,26 @@ def test_parallel_pods_request_a_gpu_per_rank_and_pass_the_sizes():
     assert "--data-parallel-size" not in main["args"]
     assert main["resources"]["limits"]["nvidia.com/gpu"] == 8 == main["resources"]["requests"]["nvidia.com/gpu"]
     assert container(render({"gpu": {"count": 2, "resourceName": "nvidia.com/gpu"}}))["resources"]["limits"]["nvidia.com/gpu"] == 2
+
+
+def test_the_router_finds_this_releases_server_pods_and_only_them():
+    from vllm_router.launch_router import parse_router_args
+
+    manifests = render({"router": {"enabled": True, "policy": "round_robin", "extraArgs": ["--retry-max-backoff-ms", "2000"]},
+                        "replicaCount": 2, "modelCache": {"accessModes": ["ReadWriteMany"]}})
+    server_labels = manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    router_pod = manifests["router Deployment"]["spec"]["template"]
+    router = router_pod["spec"]["containers"][0]
+    args = parse_router_args(router["args"])  # vllm-router's own parser: an unknown flag exits
+    assert args.service_discovery and args.service_discovery_namespace == "llm" and args.service_discovery_port == 8000
+    assert args.policy == "round_robin" and args.retry_max_backoff_ms == 2000
+    selector = dict(item.split("=") for item in args.selector) if isinstance(args.selector, list) else args.selector
+    assert selector.items() <= server_labels.items()  # every server pod matches ...
+    assert not selector.items() <= router_pod["metadata"]["labels"].items()  # ... and no router pod
+    service_selector = manifests["Service"]["spec"]["selector"]
+    assert not service_selector.items() <= router_pod["metadata"]["labels"].items()  # the server Service skips routers
+    assert manifests["router Service"]["spec"]["selector"].items() <= router_pod["metadata"]["labels"].items()
+    rule = manifests["router Role"]["rules"][0]
+    assert rule["resources"] == ["pods"] and set(rule["verbs"]) == {"get", "list", "watch"}
+    assert manifests["router RoleBinding"]["subjects"][0]["name"] == router_pod["spec"]["serviceAccountName"]
+    assert "router Deployment" not in render({})

@@ -49,3 +49,22 @@ def test_guard_model_without_keys_guards_every_request(tokenizer):
     client = client_for(tokenizer, guards=load_guards(str(GUARD_MODEL), []))
     assert_openai_error(client.post("/v1/chat/completions", json=chat_body(ATTACK_TEXT, max_tokens=2)), 400, code="prompt_injection_detected")
     assert client.post("/v1/chat/completions", json=chat_body("What is the capital of France?", max_tokens=2)).status_code == 200
+
+
+def test_render_gives_the_ids_a_request_runs_with_and_is_not_counted_as_one(tokenizer):
+    """vllm-router renders each request (vLLM's /v1/*/render) before routing it on token ids:
+    the ids are the ones /tokenize gives, and the render does not spend the key's requests."""
+    client = client_for(tokenizer, Authenticator.from_specs(None, KeysFile.model_validate(KEYS).keys))
+    key = {"Authorization": "Bearer sk-rpm-00000001"}
+    body = chat_body("What is the capital of France?")
+    for _ in range(3):
+        chat = client.post("/v1/chat/completions/render", json=body, headers=key)
+        assert chat.status_code == 200, chat.text
+    expected = client.post("/tokenize", json={"model": MODEL, "messages": body["messages"]}, headers=key).json()["tokens"]
+    assert chat.json()["token_ids"] == expected and chat.json()["model"] == MODEL
+    completions = client.post("/v1/completions/render", json={"model": MODEL, "prompt": ["Paris is", "Rome"]}, headers=key).json()
+    assert [c["token_ids"] for c in completions] == [tokenizer("Paris is").input_ids, tokenizer("Rome").input_ids]
+    assert ask(client, "sk-rpm-00000001", max_tokens=2).status_code == 200  # the tokenize above was the first of 2
+    assert_openai_error(ask(client, "sk-rpm-00000001", max_tokens=2), 429)
+    assert_openai_error(client.post("/v1/chat/completions/render", json=chat_body(model="other")), 401)
+    assert_openai_error(client.post("/v1/chat/completions/render", json=chat_body(model="other"), headers=key), 403)

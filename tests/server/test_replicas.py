@@ -83,6 +83,19 @@ def test_the_openai_client_works_unchanged_on_the_routers_port(replicated):
     assert all(served(url) > 0 for url in replicas)  # both replicas took requests
 
 
+def test_the_dashboards_router_series_are_exported_by_the_router(replicated):
+    from tests.deploy.monitoring import ROUTER_PREFIX, dashboard_queries, metric_names, served_names
+
+    server, replicas = replicated
+    burst(client(server), 4)
+    port = re.search(r"its metrics on 127\.0\.0\.1:(\d+)", server.log_path.read_text())[1]
+    exported = served_names(httpx.get(f"http://127.0.0.1:{port}/metrics").text)
+    queried = {name for _, expr in dashboard_queries() for name in metric_names(expr) if name.startswith(ROUTER_PREFIX)}
+    assert queried and queried <= exported, sorted(queried - exported)
+    samples = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert all(f'worker="{url}"' in samples for url in replicas)
+
+
 def test_keys_apply_at_every_replica(replicated):
     server, _ = replicated
     response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})

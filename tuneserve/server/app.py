@@ -19,7 +19,7 @@ from tuneserve.server.errors import install_error_handlers
 from tuneserve.server.middleware import Authenticate, BodySizeLimit, CatchAll
 from tuneserve.server.responses import ResponsesServing, ResponseStore
 from tuneserve.server.serving import OpenAIServing, ServedModel
-from tuneserve.server.tokenize import Detokenizing, Tokenizing
+from tuneserve.server.tokenize import Detokenizing, Rendering, Tokenizing
 
 MIB = 1 << 20
 
@@ -53,6 +53,7 @@ def create_app(
     app.state.responses = ResponsesServing(app.state.chat, store)
     app.state.tokenizing = Tokenizing(app.state.chat)
     app.state.detokenizing = Detokenizing(app.state.chat)
+    app.state.rendering = Rendering(app.state.chat)
     app.state.admission = Admission(config.max_queued_requests)
     app.state.auth = auth
     app.state.adapters_file = None  # the --adapters-file watcher, set by `serve` when there is one

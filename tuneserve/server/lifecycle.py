@@ -3,7 +3,8 @@ battles, tokenize, leaderboard): key, per-key limits, admission, caps, guards, a
 a wall-clock deadline (time blocked sending to the client included), disconnect, accounting.
 
 Endpoints implement `create(body, ctx)` and return a response model or an iterator of chunks
-(`generates = False` on an endpoint that runs no generation: no guards, no request metrics);
+(`generates = False` on an endpoint that runs no generation: no guards, no request metrics;
+`rate_limited = False` on one not counted against a key's requests_per_minute: render);
 everything they claim (engine slots, tokens, adapter holds, engine streams) is registered on the
 `RequestContext` and given back, engine streams first, when the request ends however it ends.
 """
@@ -109,7 +110,8 @@ async def run_request(raw: Request, body: Any, endpoint: Any) -> Response:
         if tenant is not None:
             if isinstance(getattr(body, "model", None), str):  # a 403 does not count against requests_per_minute
                 tenant.require_model(body.model)
-            tenant.admit()
+            if getattr(endpoint, "rate_limited", True):
+                tenant.admit()
         state.admission.admit()
         ctx.stack.callback(state.admission.release)
         if hasattr(body, "check_limits"):

@@ -51,15 +51,31 @@ def launch(cmd: list[str], port: int, log_dir: Path, env: dict | None = None, re
 
 
 def spawn(cmd: list[str], port: int, log_dir: Path, env: dict | None = None, cores: list[int] | None = None,
-          log_name: str | None = None) -> ServerProcess:
-    """Start `cmd` (its output appended to a log file), on `cores` only if given; do not wait."""
+          log_name: str | None = None, with_parent: bool = False) -> ServerProcess:
+    """Start `cmd` (its output appended to a log file), on `cores` only if given; do not wait.
+    `with_parent`: the child gets SIGTERM when this process dies, however it dies."""
     log_path = Path(log_dir) / (log_name or f"server-{port}.log")
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
+
+    def prepare():
+        if cores:
+            os.sched_setaffinity(0, cores)
+        if with_parent:
+            terminate_with_parent()
+
     with open(log_path, "ab") as log:
         # Its own process group, so that a forced stop also takes vLLM's engine processes.
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+                                   preexec_fn=prepare if cores or with_parent else None)
     return ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+
+
+def terminate_with_parent() -> None:
+    """In a child before exec: SIGTERM when the parent dies (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_ready(server: ServerProcess, ready_path: str = "/ready", timeout_s: float = STARTUP_TIMEOUT_S) -> None:

@@ -33,7 +33,7 @@ from tuneserve.engine import Parallelism, core_groups, plan_kv_cache
 from tuneserve.errors import StartupError
 from tuneserve.models import resolve_model
 from tuneserve.server.config import ServeConfig
-from tuneserve.server.process import ServerProcess, free_port, spawn, stop_server, wait_ready
+from tuneserve.server.process import ServerProcess, free_port, spawn, stop_server, terminate_with_parent, wait_ready
 
 logger = logging.getLogger("tuneserve.replicas")
 
@@ -91,6 +91,17 @@ def router_command(config: ServeConfig, urls: list[str], metrics_port: int) -> l
     ]
 
 
+def check_router_flags(command: list[str]) -> None:
+    """vllm-router's own parser on the router's flags (--router-arg included): a typo fails here,
+    with the router's message, before any replica starts."""
+    from vllm_router.launch_router import parse_router_args
+
+    try:
+        parse_router_args(command[1:])
+    except SystemExit:
+        raise StartupError("--router-arg: vllm-router refused its flags (its message is above)") from None
+
+
 class Supervisor:
     """Starts the replicas, then the router; restarts a replica that dies; drains all on SIGTERM."""
 
@@ -109,7 +120,8 @@ class Supervisor:
     def start_replica(self, i: int) -> None:
         cmd = [sys.executable, "-m", "tuneserve", "serve", "--config", str(self.config_path),
                "--host", "127.0.0.1", "--port", str(self.ports[i])]
-        self.replicas[i] = spawn(cmd, self.ports[i], self.log_dir, cores=self.groups[i], log_name=f"replica-{i}.log")
+        self.replicas[i] = spawn(cmd, self.ports[i], self.log_dir, cores=self.groups[i], log_name=f"replica-{i}.log",
+                                 with_parent=True)  # a killed supervisor leaves no replica behind
         logger.info("replica %d: pid %d on 127.0.0.1:%d, cores %s, log %s", i, self.replicas[i].process.pid,
                     self.ports[i], ",".join(map(str, self.groups[i])), self.replicas[i].log_path)
 
@@ -126,7 +138,7 @@ class Supervisor:
                 raise StartupError(f"replica {i} did not start: {last} (log: {replica.log_path})") from None
         metrics_port = free_port()
         self.router = subprocess.Popen(router_command(self.config, [r.base_url for r in self.replicas], metrics_port),
-                                       start_new_session=True)
+                                       start_new_session=True, preexec_fn=terminate_with_parent)
         logger.info("vllm-router (%s) on http://%s:%d in front of %d replicas; its metrics on 127.0.0.1:%d",
                     self.config.router_policy, self.config.host, self.config.port, len(self.replicas), metrics_port)
         while not self.stopping:
@@ -174,6 +186,7 @@ def serve_replicas(config: ServeConfig) -> int:
     """Serve `config` as `config.replicas` replicas behind the router until SIGINT/SIGTERM."""
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     router_binary()  # fail before anything starts
+    check_router_flags(router_command(config, ["http://127.0.0.1:1"], 1))
     log_dir = tuneserve_home() / "logs" / f"replicas-{config.port}"
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tuneserve-replicas-") as work:

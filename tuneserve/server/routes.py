@@ -38,6 +38,16 @@ async def retrieve_response(response_id: str, raw: Request):
     return JSONResponse(response.model_dump(mode="json"))
 
 
+@router.post("/v1/chat/completions/render")
+async def render_chat(body: ChatCompletionRequest, raw: Request):
+    return await run_request(raw, body, raw.app.state.rendering)
+
+
+@router.post("/v1/completions/render")
+async def render_completion(body: CompletionRequest, raw: Request):
+    return await run_request(raw, body, raw.app.state.rendering)
+
+
 @router.post("/tokenize")
 async def tokenize_route(body: TokenizeRequest, raw: Request):
     return await run_request(raw, body, raw.app.state.tokenizing)

@@ -1,12 +1,16 @@
-"""POST /tokenize and /detokenize in vLLM's shapes: text or chat messages in, token ids out."""
+"""POST /tokenize and /detokenize in vLLM's shapes: text or chat messages in, token ids out; and
+vLLM's render endpoints (/v1/chat/completions/render, /v1/completions/render), which vllm-router
+calls before routing so that its cache_aware policy matches replicas on token ids."""
 
 import asyncio
+import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from tuneserve.server.chat import ChatServing
 from tuneserve.server.chat_protocol import ChatCompletionRequest, ChatMessage, Tool
+from tuneserve.server.completion_protocol import CompletionRequest
 from tuneserve.server.errors import BadRequestError
 from tuneserve.server.protocol import check_count
 
@@ -96,6 +100,42 @@ class Detokenizing:
         ctx.require_model(request.model or s.model.names[0])
         check_count(request.tokens, s.model.max_model_len, "tokens", "tokens")
         return DetokenizeResponse(prompt=s.tokenizer.decode(s.encode_prompt(request.tokens, param="tokens")))
+
+
+class Rendered(BaseModel):
+    """The part of vLLM's GenerateRequest a router reads: the prompt's token ids."""
+
+    request_id: str
+    model: str
+    token_ids: list[int]
+
+
+class RenderedList(RootModel[list[Rendered]]):
+    pass
+
+
+class Rendering:
+    """POST /v1/chat/completions/render and /v1/completions/render: the prompt ids the request
+    would run with (a chat: one object; completions: one per prompt), nothing generated. The
+    router renders every request before sending it: a render takes an admission slot like any
+    request but does not count against the key's requests_per_minute (the request itself does)."""
+
+    generates = False
+    rate_limited = False
+
+    def __init__(self, chat: ChatServing):
+        self.chat = chat
+
+    async def create(self, request: ChatCompletionRequest | CompletionRequest, ctx) -> Rendered | RenderedList:
+        s = self.chat.serving
+        ctx.require_model(request.model)
+        if isinstance(request, ChatCompletionRequest):
+            ids = await asyncio.to_thread(self.chat.encode, request)
+            return Rendered(request_id=f"chatcmpl-{uuid.uuid4().hex}", model=request.model, token_ids=ids)
+        prompts = await asyncio.to_thread(
+            lambda: [s.encode_prompt(p, request.add_special_tokens, request.truncate_prompt_tokens) for p in request.prompts()])
+        return RenderedList([Rendered(request_id=f"cmpl-{uuid.uuid4().hex}-{i}", model=request.model, token_ids=ids)
+                             for i, ids in enumerate(prompts)])
 
 
 def tokenizer_info(tokenizer: Any) -> dict:

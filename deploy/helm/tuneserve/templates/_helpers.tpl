@@ -86,3 +86,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - {{ . | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* The router's pods: not matched by the tuneserve Service or the router's own selector. */}}
+{{- define "tuneserve.routerSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-router
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "tuneserve.routerLabels" -}}
+{{ include "tuneserve.routerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
