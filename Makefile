@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -83,6 +83,8 @@ bench-lora: setup
 	$(TS) bench run examples/bench/lora.yaml --out docs/bench/lora --overwrite
 bench-lora-scale: setup
 	$(TS) bench run examples/bench/lora-scale.yaml --out docs/bench/lora-scale --overwrite
+bench-replicas: setup
+	$(TS) bench run examples/bench/replicas.yaml --out docs/bench/replicas --overwrite
 bench-speculative: runs/draft/tuneserve.json
 	$(TS) bench run examples/bench/speculative.yaml --out docs/bench/speculative --overwrite
 bench-gateway: setup
