@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-peers bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -83,6 +83,14 @@ bench-lora: setup
 	$(TS) bench run examples/bench/lora.yaml --out docs/bench/lora --overwrite
 bench-lora-scale: setup
 	$(TS) bench run examples/bench/lora-scale.yaml --out docs/bench/lora-scale --overwrite
+runs/smollm2-gguf-bf16/tuneserve.json: | setup
+	$(TS) optimize export --type bf16 --out runs/smollm2-gguf-bf16 --overwrite
+runs/smollm2-gguf-q8_0/tuneserve.json: | setup
+	$(TS) optimize export --type q8_0 --out runs/smollm2-gguf-q8_0 --overwrite
+bench-peers: runs/smollm2-gguf-bf16/tuneserve.json runs/smollm2-gguf-q8_0/tuneserve.json
+	$(BIN)/pip install -q xllamacpp==2026.10.11549
+	for n in 1 4 16; do $(TS) bench run examples/bench/peers.yaml --max-concurrency $$n --num-prompts $$((n * 8)) \
+	  --out docs/bench/peers-$$n --overwrite || exit 1; done
 bench-replicas: setup
 	$(TS) bench run examples/bench/replicas.yaml --out docs/bench/replicas --overwrite
 bench-speculative: runs/draft/tuneserve.json

@@ -46,3 +46,16 @@ def test_tuneserve_bench_agrees_with_vllm_bench_serve(tmp_path):
         print(f"| {key} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
         if key in ("median_ttft_ms", "median_tpot_ms"):
             assert b == pytest.approx(a, rel=0.10), key
+
+
+def test_the_llamacpp_peer_serves_the_gguf_an_export_wrote_and_names_what_is_missing(tmp_path):
+    from tuneserve.bench import llamacpp
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.gguf").write_bytes(b"GGUF")
+    cmd = llamacpp.command({"model": str(export), "max_model_len": 1024, "cpu_threads": 2}, 8123, parallel=16)
+    assert cmd[cmd.index("tuneserve.bench.llamacpp") + 1] == str(export / "model.gguf")
+    assert [cmd[cmd.index(f) + 1] for f in ("--port", "--threads", "--parallel", "--ctx")] == ["8123", "2", "16", "1024"]
+    with pytest.raises(ValueError, match="tuneserve optimize export"):
+        llamacpp.command({"model": MODEL}, 8123, parallel=1)

@@ -114,9 +114,10 @@ class Setting(BaseModel):
         default_factory=dict, description="`tuneserve serve` settings (the keys of its --config YAML), "
         "e.g. {speculative: 'ngram:4', cpu_threads: 1, enforce_eager: false}.",
     )
-    engine: Literal["tuneserve", "vllm"] = Field(
+    engine: Literal["tuneserve", "vllm", "llamacpp"] = Field(
         "tuneserve", description="vllm: run `vllm serve` with the same model, threads, KV cache and eager "
-        "mode (the peer, for gateway overhead).",
+        "mode (the peer, for gateway overhead); llamacpp: llama.cpp's own server (xllamacpp) on the GGUF "
+        "that serve.model names (a `tuneserve optimize export` directory), same threads, a slot per stream.",
     )
     workload: dict[str, Any] = Field(default_factory=dict, description="Overrides of the matrix workload.")
     url: str | None = Field(None, description="Measure a server already running here instead of starting one.")

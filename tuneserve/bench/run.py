@@ -18,6 +18,7 @@ import httpx
 import yaml
 
 from tuneserve.artifacts import Manifest, atomic_artifact, write_manifest
+from tuneserve.bench import llamacpp
 from tuneserve.bench.config import BenchMatrix, Setting
 from tuneserve.bench.environment import environment
 from tuneserve.bench.loadgen import run_load, send
@@ -87,6 +88,8 @@ def serving(matrix: BenchMatrix, setting: Setting, log_dir: Path) -> Iterator[Ta
     if setting.engine == "vllm":
         cmd, ready = vllm_serve_command(values, port), "/health"
         env = cpu_thread_env(values.get("cpu_threads"))  # what `tuneserve serve` gives its engine
+    elif setting.engine == "llamacpp":
+        cmd, ready, env = llamacpp.command(values, port, matrix.load.max_concurrency or 1), "/health", None
     else:
         config = log_dir / f"{slug(setting.name)}.yaml"
         config.write_text(yaml.safe_dump(values))
