@@ -20,8 +20,9 @@ class ConfigError(UserError, ValueError):
     """A config file or flag that does not validate; the message names the bad field."""
 
 
-def load_config(model_cls, path: str | Path | None = None, **overrides):
-    """Build a pydantic config from an optional YAML file plus flag overrides (None = unset)."""
+def load_config(model_cls, path: str | Path | None = None, *, as_flags: bool = True, **overrides):
+    """Build a pydantic config from an optional YAML file plus overrides (None = unset), which an
+    error names as flags (--max-model-len) unless `as_flags` is False (e.g. `--set` keys)."""
     import yaml
     from pydantic import ValidationError
 
@@ -33,8 +34,9 @@ def load_config(model_cls, path: str | Path | None = None, **overrides):
             raise ConfigError(f"{path}: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
-    flags = {k for k, v in overrides.items() if v is not None}
-    data |= {k: overrides[k] for k in flags}
+    given = {k for k, v in overrides.items() if v is not None}
+    data |= {k: overrides[k] for k in given}
+    flags = given if as_flags else set()
     try:
         return model_cls.model_validate(data)
     except ValidationError as e:

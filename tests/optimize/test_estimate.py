@@ -44,7 +44,7 @@ def test_bad_bits_are_refused():
     with pytest.raises(ValidationError, match="bits.0"):
         EstimateOptions(bits=[3])
     result = CliRunner().invoke(app, ["optimize", "estimate", "--bits", "3"])
-    assert result.exit_code == 2 and "bits.0: Input should be 32, 16, 8 or 4" in result.output
+    assert result.exit_code == 2 and "--bits: Input should be 32, 16, 8 or 4" in result.output
 
 
 def test_cli_prints_a_row_per_width():

@@ -147,4 +147,4 @@ def load_recipe(path: str | Path, method: str, sets: list[str], **flags) -> Reci
     for source, value in (("the recipe", declared), ("--set", overrides.get("method"))):
         if value not in (None, method):
             raise ConfigError(f"{path}: {source} says method {value}; run `tuneserve finetune {value}`")
-    return load_config(Recipe, path, **overrides | {"method": method})
+    return load_config(Recipe, path, as_flags=False, **overrides | {"method": method})
