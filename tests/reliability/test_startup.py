@@ -104,7 +104,7 @@ def failing_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "KV cache below one sequence": (["--kv-cache-gib", "0.001"], "less than one 8192-token sequence"),
         "GPU option on CPU": (["--gpu-memory-utilization", "0.5"], "--gpu-memory-utilization applies to GPUs"),
         "metrics auth without keys": (["--metrics-auth"], "--metrics-auth needs keys"),
-        "bad flag value": (["--max-model-len", "3"], "max_model_len"),
+        "bad flag value": (["--max-model-len", "3"], "--max-model-len: Input should be greater than or equal to 16"),
     }
 
 

@@ -16,27 +16,42 @@ def model_dir():
 
 
 def test_plenty_of_memory_gives_the_capped_default(model_dir):
-    plan = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB)
+    plan = plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=64 * GIB)
     assert plan.kv_cache_bytes == MAX_DEFAULT_KV_CACHE_GIB * GIB and plan.is_default
     # SmolLM2-135M: 30 layers x 3 KV heads x 64 dims x K and V x 2 bytes = 23,040 bytes a token
     assert plan.num_tokens == int(plan.kv_cache_bytes // 23_040)
 
 
 def test_busy_machine_gets_half_of_what_is_left(model_dir):
-    plan = plan_kv_cache(model_dir, "auto", None, None, available_bytes=4 * GIB)
+    plan = plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=4 * GIB)
     headroom = 4 * GIB - plan.weights_bytes - RUNTIME_OVERHEAD_GIB * GIB
     assert abs(plan.kv_cache_bytes - headroom / 2) < (1 << 20)
-    assert plan_kv_cache(model_dir, "float32", None, None, available_bytes=64 * GIB).num_tokens == plan_kv_cache(
-        model_dir, "auto", None, None, available_bytes=64 * GIB).num_tokens // 2  # 4 bytes a value
+    float32 = plan_kv_cache(model_dir, "float32", None, None, available_bytes=64 * GIB)
+    bf16 = plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=64 * GIB)
+    assert float32.num_tokens == bf16.num_tokens // 2 and float32.weights_bytes == 2 * bf16.weights_bytes  # 4 bytes a value
+
+
+def test_auto_plans_for_the_dtype_the_engine_runs(model_dir):
+    """auto is float32 on a CPU without native bf16 (emulated bf16 prefill is 5x slower), and the
+    plan counts float32's weights and KV cache, with a way out when they do not fit."""
+    from tuneserve.engine import engine_dtype, has_fast_bf16
+
+    assert engine_dtype("auto") == ("auto" if has_fast_bf16() else "float32")
+    assert engine_dtype("bfloat16") == "bfloat16"
+    auto = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB)
+    assert auto == plan_kv_cache(model_dir, "bfloat16" if has_fast_bf16() else "float32", None, None, available_bytes=64 * GIB)
+    if not has_fast_bf16():
+        with pytest.raises(StartupError, match=r"or --dtype bfloat16"):
+            plan_kv_cache(model_dir, "auto", None, None, available_bytes=int(1.8 * GIB))
 
 
 def test_too_little_memory_names_the_fix(model_dir):
     with pytest.raises(StartupError, match="not enough memory.*lower --max-model-len"):
-        plan_kv_cache(model_dir, "auto", None, None, available_bytes=int(1.5 * GIB))
+        plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=int(1.5 * GIB))
     with pytest.raises(StartupError, match="lower --kv-cache-gib"):
-        plan_kv_cache(model_dir, "auto", None, 8.0, available_bytes=4 * GIB)
+        plan_kv_cache(model_dir, "bfloat16", None, 8.0, available_bytes=4 * GIB)
     # a shorter context still fits where the model's full 8192 tokens would not
-    assert plan_kv_cache(model_dir, "auto", 512, None, available_bytes=int(1.8 * GIB)).num_tokens >= 512
+    assert plan_kv_cache(model_dir, "bfloat16", 512, None, available_bytes=int(1.8 * GIB)).num_tokens >= 512
 
 
 @pytest.mark.parametrize("host,warns", [("0.0.0.0", True), ("10.1.2.3", True), ("127.0.0.1", False), ("::1", False), ("localhost", False)])
@@ -50,15 +65,15 @@ def test_binding_beyond_loopback_without_keys_warns(caplog, host, warns):
 def test_parallel_ranks_split_the_kv_cache_memory(model_dir):
     from tuneserve.engine import Parallelism
 
-    one = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB)
-    pp2 = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB, parallelism=Parallelism(pipeline=2))
+    one = plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=64 * GIB)
+    pp2 = plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=64 * GIB, parallelism=Parallelism(pipeline=2))
     assert pp2.kv_cache_bytes == one.kv_cache_bytes // 2  # per rank: the 4 GiB cap is a total
     assert pp2.num_tokens == one.num_tokens  # each rank holds half of every token
-    dp2 = plan_kv_cache(model_dir, "auto", None, None, available_bytes=64 * GIB, parallelism=Parallelism(data=2))
+    dp2 = plan_kv_cache(model_dir, "bfloat16", None, None, available_bytes=64 * GIB, parallelism=Parallelism(data=2))
     assert dp2.num_tokens == one.num_tokens // 2 and dp2.weights_bytes == 2 * one.weights_bytes  # each replica is whole
     assert "per rank x 2 ranks" in pp2.describe()
     with pytest.raises(StartupError, match="x 2 ranks plus the weights"):
-        plan_kv_cache(model_dir, "auto", None, 3.0, available_bytes=6 * GIB, parallelism=Parallelism(tensor=2))
+        plan_kv_cache(model_dir, "bfloat16", None, 3.0, available_bytes=6 * GIB, parallelism=Parallelism(tensor=2))
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -34,7 +34,7 @@ from tuneserve.bench.report import write_report
 from tuneserve.bench.server_stats import PeakMemory, counter_deltas, scrape_counters
 from tuneserve.bench.workloads import BenchRequest, build_requests, prepare_adapter_mix
 from tuneserve.config import bearer_headers, tuneserve_home
-from tuneserve.engine import cpu_thread_env, plan_kv_cache
+from tuneserve.engine import cpu_thread_env, engine_dtype, plan_kv_cache
 from tuneserve.models import resolve_model
 from tuneserve.server import free_port, launch, replica_ports, stop_server
 
@@ -52,10 +52,10 @@ class Target:
 
 
 def vllm_serve_command(values: dict, port: int) -> list[str]:
-    """`vllm serve` with the model, context, threads, KV cache and eager mode tuneserve would use."""
+    """`vllm serve` with the model, dtype, context, threads, KV cache and eager mode tuneserve would use."""
 
     model_dir = resolve_model(values["model"])
-    dtype = values.get("dtype", "auto")
+    dtype = engine_dtype(values.get("dtype", "auto"))
     kv_bytes = plan_kv_cache(model_dir, dtype, values.get("max_model_len"), values.get("kv_cache_gib")).kv_cache_bytes
     cmd = [sys.executable, "-m", "tuneserve.bench.vllm_cli", "serve", str(model_dir), "--port", str(port),
            "--served-model-name", values["model"], "--dtype", dtype, "--kv-cache-memory-bytes", str(kv_bytes),

@@ -4,7 +4,15 @@ through its `vllm.general_plugins` entry point (plugin.py: fixes, the grouped Lo
 lora_ops.py and lora_kernels.py, which load torch and vLLM and are imported only by the plugin)."""
 
 from tuneserve.engine.checks import check_parallelism, check_platform_options
-from tuneserve.engine.cpu import apply_cpu_defaults, core_groups, cpu_thread_env, has_fast_bf16, is_cpu_platform
+from tuneserve.engine.cpu import (
+    apply_cpu_defaults,
+    compute_dtype,
+    core_groups,
+    cpu_thread_env,
+    engine_dtype,
+    has_fast_bf16,
+    is_cpu_platform,
+)
 from tuneserve.engine.interface import Engine
 from tuneserve.engine.launch import chat_prompt_ids, start_engine, start_eval_engine, tokens_prompt
 from tuneserve.engine.memory import KVCachePlan, LoraPlan, Parallelism, plan_kv_cache, plan_loras
@@ -12,6 +20,6 @@ from tuneserve.engine.plugin import choose_lora_kernels
 
 __all__ = [
     "Engine", "KVCachePlan", "LoraPlan", "Parallelism", "plan_loras", "apply_cpu_defaults", "chat_prompt_ids", "check_parallelism",
-    "check_platform_options", "choose_lora_kernels", "core_groups", "cpu_thread_env", "has_fast_bf16", "is_cpu_platform",
+    "check_platform_options", "choose_lora_kernels", "compute_dtype", "core_groups", "cpu_thread_env", "engine_dtype", "has_fast_bf16", "is_cpu_platform",
     "plan_kv_cache", "start_engine", "start_eval_engine", "tokens_prompt",
 ]

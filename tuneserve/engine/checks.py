@@ -1,5 +1,7 @@
 """What vLLM would refuse after minutes of start-up, or run badly, said in one line first."""
 
+import json
+import platform
 from pathlib import Path
 
 from tuneserve.engine.cpu import cpu_thread_env
@@ -35,3 +37,25 @@ def check_platform_options(config, is_cpu: bool) -> None:
         raise StartupError("--gpu-memory-utilization applies to GPUs; on CPU size the KV cache with --kv-cache-gib")
     if not is_cpu and config.cpu_threads is not None:
         raise StartupError("--cpu-threads applies to the CPU build of vLLM; this one runs on a GPU")
+
+
+def check_kernels(model_dir: Path) -> None:
+    """On CPU: the model's quantization has a kernel in this machine's vLLM build.
+
+    vLLM's CPU kernel for weight-only quantization (W4A16, GPTQ, AWQ: `cpu_gemm_wna16`) is built
+    into its AVX-512 libraries only; on an AVX2 x86 CPU vLLM picks it anyway and its worker dies
+    at the first request. Int8 W8A8 runs on both (oneDNN)."""
+    import torch
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or torch.cpu._is_avx512_supported():
+        return
+    config_file = Path(model_dir) / "config.json"
+    quant = (json.loads(config_file.read_text()).get("quantization_config") or {}) if config_file.exists() else {}
+    groups = (quant.get("config_groups") or {}).values()
+    weight_only = quant.get("quant_method") in ("gptq", "awq") or (
+        quant.get("quant_method") == "compressed-tensors" and any(g.get("weights") and not g.get("input_activations") for g in groups))
+    if weight_only:
+        raise StartupError(
+            f"{Path(model_dir).name}: weight-only quantized (W4A16/GPTQ/AWQ), and vLLM's CPU kernel for that is built for "
+            "AVX-512 only; this CPU has AVX2. Serve it on an AVX-512 CPU or a GPU, or quantize with --scheme w8a8"
+        )

@@ -17,6 +17,19 @@ def has_fast_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def compute_dtype() -> str:
+    """The dtype to run torch in here: bfloat16 on a GPU or a CPU that computes it natively, else float32."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() or has_fast_bf16() else "float32"
+
+
+def engine_dtype(dtype: str) -> str:
+    """The dtype vLLM runs here: on a CPU `auto` is float32 where bf16 is emulated (measured here:
+    bf16 prefill 5x slower than float32, decode steps equal; docs/performance.md), else as given."""
+    return "float32" if dtype == "auto" and is_cpu_platform() and not has_fast_bf16() else dtype
+
+
 def cpu_thread_env(cpu_threads: int | None = None, num_ranks: int = 1) -> dict[str, str]:
     """OpenMP settings for vLLM's CPU workers: `cpu_threads` (default every usable core), bound,
     split into one group of cores per rank (vLLM's "0-3|4-7" form) when the engine has several.

@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tuneserve.engine.cpu import apply_cpu_defaults, is_cpu_platform
+from tuneserve.engine.checks import check_kernels
+from tuneserve.engine.cpu import apply_cpu_defaults, engine_dtype, is_cpu_platform
 
 logger = logging.getLogger("tuneserve.engine")
 
@@ -39,18 +40,21 @@ def chat_prompt_ids(
 def start_engine(model_dir: Path, cpu_threads: int | None = None, **engine_kwargs: Any):
     """vLLM's AsyncLLM for `model_dir` in this process (its engine core runs in a child process).
 
-    `engine_kwargs` are AsyncEngineArgs fields; on CPU the default is eager mode (compiled CPU
-    graphs were slower to start and not more accurate) and the thread defaults above.
+    `engine_kwargs` are AsyncEngineArgs fields; on CPU the defaults are eager mode (compiled CPU
+    graphs were slower to start and not more accurate), the thread defaults above and float32
+    where the CPU has no native bf16 (`engine_dtype`).
     """
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     is_cpu = is_cpu_platform()
     if is_cpu:
+        check_kernels(model_dir)
         num_ranks = 1
         for size in ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"):
             num_ranks *= engine_kwargs.get(size) or 1
         apply_cpu_defaults(cpu_threads, num_ranks)
+        engine_kwargs["dtype"] = engine_dtype(engine_kwargs.get("dtype") or "auto")
     if engine_kwargs.get("enforce_eager") is None:
         engine_kwargs["enforce_eager"] = is_cpu
     args = AsyncEngineArgs(model=str(model_dir), **engine_kwargs)

@@ -86,10 +86,17 @@ def available_memory_bytes() -> int:
         return psutil.virtual_memory().available
 
 
+def value_bytes(facts: ModelFacts, dtype: str) -> int:
+    """Bytes a weight or KV value takes in the engine's dtype (`engine_dtype`): 4 in float32, else 2."""
+    from tuneserve.engine.cpu import engine_dtype
+
+    dtype = engine_dtype(dtype)
+    return 4 if (facts.dtype if dtype == "auto" else dtype) in ("float32", "torch.float32") else 2
+
+
 def kv_bytes_per_token(facts: ModelFacts, dtype: str) -> float:
-    """vLLM's KV cache takes the model's dtype: 4 bytes a value in float32, else 2."""
-    resolved = facts.dtype if dtype == "auto" else dtype
-    return facts.kv_cache_bytes_per_token(4 if resolved == "float32" else 2)
+    """vLLM's KV cache takes the engine's dtype."""
+    return facts.kv_cache_bytes_per_token(value_bytes(facts, dtype))
 
 
 def plan_kv_cache(
@@ -103,13 +110,19 @@ def plan_kv_cache(
     per_token = kv_bytes_per_token(facts, dtype) * parallelism.kv_share(facts)  # one rank's share of a token
     context = max_model_len or facts.context_length or DEFAULT_CONTEXT
     one_sequence = int(per_token * context)
-    weights = sum(p.stat().st_size for p in weight_files(model_dir)) * parallelism.data
+    stored = 4 if facts.dtype in ("float32", "torch.float32") else 2
+    weights = sum(p.stat().st_size for p in weight_files(model_dir)) * value_bytes(facts, dtype) // stored * parallelism.data
     available = available_memory_bytes() if available_bytes is None else available_bytes
-    if kv_cache_gib is not None:
-        size = int(kv_cache_gib * GIB)
-        _check_explicit(kv_cache_gib, size, one_sequence, context, weights, available, parallelism.num_ranks)
-    else:
-        size = _default_size(one_sequence, context, weights, available, parallelism.num_ranks)
+    try:
+        if kv_cache_gib is not None:
+            size = int(kv_cache_gib * GIB)
+            _check_explicit(kv_cache_gib, size, one_sequence, context, weights, available, parallelism.num_ranks)
+        else:
+            size = _default_size(one_sequence, context, weights, available, parallelism.num_ranks)
+    except StartupError as e:
+        if dtype == "auto" and value_bytes(facts, dtype) > stored:  # auto chose float32 (no native bf16)
+            raise StartupError(f"{e} (or --dtype bfloat16: half the memory, slower on this CPU)") from None
+        raise
     return KVCachePlan(size, int(size // per_token), available, weights, kv_cache_gib is None, parallelism)
 
 

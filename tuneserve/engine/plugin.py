@@ -25,6 +25,12 @@ activations into during the warm-up forward pass, which the CPU worker skips in 
 (tuneserve's CPU default): the first request then fails `assert self.intermediate_tensors is not
 None` and the engine dies. The fix allocates them, as the warm-up would, when the stage is not
 the first.
+
+Fix 4, LoRA on int8 W8A8 models on AVX2 CPUs. Without AVX-512, vLLM's CPU int8 kernel hands the
+weight to a oneDNN handler and sets `layer.weight = None`; building the LoRA layers then reads
+`base_layer.weight.device` and the worker dies at start-up (`'NoneType' object has no attribute
+'device'`), so a W8A8 model could not be served with LoRA on (tuneserve's default). The fix
+answers the device of the layer's remaining parameters (the scales) for such a layer.
 """
 
 import logging
@@ -73,12 +79,13 @@ def plugin_active() -> bool:
 
 def register() -> None:
     if not plugin_active():
-        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops, CPU pipeline warm-up) were verified on vLLM %s; "
+        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops, CPU pipeline warm-up, LoRA on oneDNN int8) were verified on vLLM %s; "
                        "this is %s: left out, vLLM's own code runs", "/".join(VERIFIED_VLLM), vllm_version())
         return
     _patch_cpu_lora_logits()
     _install_cpu_lora_kernels()
     _warm_up_cpu_pipeline_stages()
+    _lora_device_of_released_weights()
 
 
 def _warm_up_cpu_pipeline_stages() -> None:
@@ -185,3 +192,21 @@ def _skip_idle_lora_layers() -> None:
 
         forward.is_tuneserve_fix = True
         cls.forward = forward
+
+
+def _lora_device_of_released_weights() -> None:
+    """Fix 4: the LoRA device of a layer whose weight its kernel released (oneDNN int8 on AVX2)."""
+    import torch
+    from vllm.lora.layers import base_linear, utils
+
+    original = utils._get_lora_device
+    if getattr(original, "is_tuneserve_fix", False):
+        return
+
+    def _get_lora_device(base_layer):
+        if getattr(base_layer, "weight", False) is None:
+            return next((p.device for p in base_layer.parameters()), torch.device("cpu"))
+        return original(base_layer)
+
+    _get_lora_device.is_tuneserve_fix = True
+    utils._get_lora_device = base_linear._get_lora_device = _get_lora_device

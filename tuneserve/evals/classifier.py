@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneserve.artifacts import read_manifest
-from tuneserve.engine import has_fast_bf16
+from tuneserve.engine import compute_dtype
 from tuneserve.models import resolve_model
 from tuneserve.models.errors import ModelError
 
@@ -37,7 +37,7 @@ class Classifier:
             if manifest is None:
                 raise ModelError(f"{adapter_dir}: no tuneserve.json to name its base model")
             model_dir = resolve_model(manifest.base_model["name"])
-        dtype = torch.bfloat16 if has_fast_bf16() else torch.float32
+        dtype = getattr(torch, compute_dtype())
         base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(labels), dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         base.config.pad_token_id = base.config.pad_token_id or base.config.eos_token_id  # as in training

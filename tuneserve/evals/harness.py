@@ -66,5 +66,8 @@ def server_args(base_url: str, served_name: str, tokenizer_dir: str, num_concurr
     return {"model": served_name, "base_url": f"{base_url}/v1/completions", "tokenizer": tokenizer_dir, "num_concurrent": num_concurrent, "max_retries": 1}
 
 
-def hf_args(model_dir: str, dtype: str = "bfloat16") -> dict:
-    return {"pretrained": model_dir, "dtype": dtype, "device": "cpu"}
+def hf_args(model_dir: str, dtype: str | None = None) -> dict:
+    """lm-eval's `hf` backend on the weights, by default in the dtype the server's engine runs here."""
+    from tuneserve.engine import compute_dtype
+
+    return {"pretrained": model_dir, "dtype": dtype or compute_dtype(), "device": "cpu"}

@@ -11,7 +11,7 @@ from typing import Any
 from tuneserve.artifacts import Manifest, atomic_artifact, read_manifest, refuse_existing, write_manifest
 from tuneserve.config import ConfigError
 from tuneserve.data import task_names
-from tuneserve.engine import has_fast_bf16
+from tuneserve.engine import compute_dtype
 from tuneserve.evals import evaluate, load_eval_samples
 from tuneserve.finetune.data import load_rows
 from tuneserve.finetune.launch import process_rank, run_workers
@@ -81,7 +81,7 @@ def training_dtype(dtype: str) -> str:
     """auto: bfloat16 where it is computed natively (a GPU, or a CPU with AVX512-BF16/AMX), else float32."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if _has_cuda() or has_fast_bf16() else "float32"
+    return compute_dtype()
 
 
 def _recipe_fingerprint(recipe: Recipe) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tuneserve.artifacts import Manifest, atomic_artifact, refuse_existing, write_manifest
 from tuneserve.data import DataError, DatasetSpec, demo_samples, file_rows, spread, task_names
-from tuneserve.engine import chat_prompt_ids
+from tuneserve.engine import chat_prompt_ids, compute_dtype
 from tuneserve.evals import evaluate, greedy_answers, load_eval_samples
 from tuneserve.models import model_facts, resolve_model
 from tuneserve.models.identity import base_identity
@@ -136,7 +136,7 @@ def _train(student_dir: Path, teacher_dir: Path, examples, steps: int, lr: float
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.bfloat16).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=getattr(torch, compute_dtype())).eval()
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
