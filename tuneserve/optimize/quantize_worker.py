@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, required=True)
     parser.add_argument("--group-size", type=int, default=None)
     parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                        help="calibration dtype (the model is saved in bf16 either way)")
     parser.add_argument("--prune-sparsity", type=float, default=0.0)
     parser.add_argument("--prune-mask", default="0:0", help="N:M (2:4), or 0:0 for unstructured")
     args = parser.parse_args()
@@ -63,7 +65,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     with open(args.calibration) as f:
         texts = [json.loads(line)["text"] for line in f][: args.samples]
     dataset = Dataset.from_dict(tokenizer(texts, truncation=True, max_length=args.seq_len, add_special_tokens=False).data)
@@ -71,7 +73,7 @@ def main() -> None:
         model=model, dataset=dataset, recipe=recipe(args.scheme, args.group_size, args.prune_sparsity, args.prune_mask),
         max_seq_length=args.seq_len, num_calibration_samples=len(texts),
     )
-    model.save_pretrained(args.out, save_compressed=args.scheme != "none")
+    model.to(torch.bfloat16).save_pretrained(args.out, save_compressed=args.scheme != "none")
     tokenizer.save_pretrained(args.out)
 
 
