@@ -45,9 +45,8 @@ runs inside the engine core) with `mp` (a worker process of its own) so that it 
 worker's OpenMP threads through their environment; it does so silently, even when `uni` was asked
 for. With one rank there is only one worker, and its own process costs: a third interpreter to
 start (~10 s of imports here), a core the engine core spends polling the worker's queue, and an
-IPC round trip per step. When `uni` is asked for with one rank, the plugin keeps it
-(`start_engine` asks for it on CPU by default; `--distributed-executor-backend mp` is vLLM's
-way). Measured here (docs/performance.md, `make bench-executor`): start-up 36 -> 26 s, peak RSS
+IPC round trip per step. With one rank and `uni` (vLLM's own choice for one rank, or asked for),
+the plugin keeps it; `--distributed-executor-backend mp` still gives the worker process. Measured here (docs/performance.md, `make bench-executor`): start-up 36 -> 26 s, peak RSS
 7.3 -> 6.5 GiB, throughput 1.03x at 1 and at 16 streams (within the runs' spread).
 """
 
@@ -129,7 +128,7 @@ def _exit_without_collecting() -> None:
 
 
 def _keep_uni_executor_on_cpu() -> None:
-    """Change 6: `uni` asked for with one rank stays `uni` on CPU."""
+    """Change 6: `uni` with one rank stays `uni` on CPU."""
     from vllm.platforms.cpu import CpuPlatform
 
     original = CpuPlatform.check_and_update_config.__func__
