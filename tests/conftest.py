@@ -18,7 +18,11 @@ SERVER_ARGS = ["--max-model-len", "2048", "--max-num-seqs", "32"]
 
 
 def start_server(tmp_dir: Path, *extra_args: str, env: dict | None = None) -> ServerProcess:
-    """The default model with the test suite's engine settings, plus `extra_args`."""
+    """The default model with the test suite's engine settings, plus `extra_args`.
+
+    vLLM logs as it does for a user: importing TRL (the finetune tests) sets VLLM_LOGGING_LEVEL=ERROR
+    in this process's environment, which every later server would inherit."""
+    env = {"VLLM_LOGGING_LEVEL": "INFO"} | (env or {})
     return start_server_process(tmp_dir, "--model", MODEL, *SERVER_ARGS, *extra_args, env=env)
 
 
