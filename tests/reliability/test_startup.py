@@ -76,7 +76,7 @@ def test_make_serve_answers_with_no_flags_while_memory_is_busy(tmp_path, record)
             ballast.wait()
     assert reply.choices[0].message.content.strip()
     assert dated.choices[0].message.content.strip() == "2001-03-03"
-    assert "LoRA: 4 adapters per step" in log  # on by default, sized and logged at start
+    assert "LoRA: 16 adapters per step" in log  # on by default, sized and logged at start
     kv_line = next(line for line in log.splitlines() if "KV cache" in line and "tokens" in line)
     assert "default:" in kv_line
     record("start-up: `make serve` as the README gives it, memory node busy", 1, "answered the openai client",

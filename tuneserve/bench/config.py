@@ -140,6 +140,11 @@ class BenchMatrix(BaseModel):
     workload: Workload = Field(default_factory=Workload)
     load: Load = Field(default_factory=Load)
     repeat: int = Field(3, ge=1, description="Runs per setting and rate; the report gives median and min-max.")
+    rounds: int = Field(
+        1, ge=1, le=20, description="Passes over all settings, each starting every server afresh; a setting's runs "
+        "are pooled over the rounds. Interleaving cancels drift in the machine's speed, which otherwise favours "
+        "whichever setting ran when the machine was faster.",
+    )
     seed: int = Field(0, description="Seeds prompts, lengths, arrivals and sampling.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of every request.")
     slo: dict[str, float] = Field(default_factory=dict, description="Goodput SLOs in ms: {ttft: 500, tpot: 50}.")

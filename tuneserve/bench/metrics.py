@@ -117,15 +117,16 @@ def slug(name: str) -> str:
 
 
 SERVER_RATIOS = ("prefix_cache_hit_rate", "spec_decode_acceptance_rate", "adapter_hit_rate")
-SERVER_TOTALS = ("adapter_loads",)  # over all repeats: the loads happen in the first
+SERVER_TOTALS = ("adapter_loads",)  # over the repeats on one server: the loads happen in the first
 
 
-def server_medians(rate: dict) -> dict:
+def server_medians(rate: dict, rounds: int = 1) -> dict:
     """Medians over repeats of the server-side ratios (vLLM's result key for spec decoding), and
-    totals of the counts that only the first repeat has (adapter loads, over every replica)."""
+    totals of the counts that only a server's first repeat has (adapter loads, over every
+    replica), per server: divided by the `rounds` that each started one."""
     values = {key: [r["metrics"]["server"][key] for r in rate["repeats"] if key in r["metrics"].get("server", {})]
               for key in SERVER_RATIOS + SERVER_TOTALS}
-    return {key: sum(v) if key in SERVER_TOTALS else statistics.median(v) for key, v in values.items() if v}
+    return {key: sum(v) / rounds if key in SERVER_TOTALS else statistics.median(v) for key, v in values.items() if v}
 
 
 def cold_and_warm_ttfts(requests: list[dict], seen: set[str]) -> tuple[list[float], list[float]]:

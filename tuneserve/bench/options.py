@@ -27,6 +27,8 @@ class RunOptions(BaseModel):
     url: str | None = Field(None, description="Measure this running server instead of starting one per setting.")
     model: str | None = Field(None, description="Model (without a matrix: the one setting's model).")
     repeat: int | None = Field(None, ge=1, description="Runs per setting and rate (default 3).")
+    rounds: int | None = Field(None, ge=1, le=20, description="Passes over all settings, servers started afresh, "
+                               "settings interleaved against drift in machine speed (default 1).")
     num_prompts: int | None = Field(None, ge=1, description="Requests per run.")
     input_len: int | None = Field(None, ge=1, description="Synthetic prompt length (words).")
     output_len: int | None = Field(None, ge=1, description="Output tokens per request.")
@@ -69,7 +71,8 @@ class CompareOptions(BaseModel):
 def matrix_from(options: RunOptions) -> BenchMatrix:
     """The matrix to run: the file's (or one default setting), with the flags of the simple case over it."""
     base = {"settings": [{"name": "default"}]} if options.matrix is None else {}
-    matrix = load_config(BenchMatrix, options.matrix, **base, model=options.model, repeat=options.repeat)
+    matrix = load_config(BenchMatrix, options.matrix, **base, model=options.model, repeat=options.repeat,
+                         rounds=options.rounds)
     data = matrix.model_dump()
     workload = {"num_prompts": options.num_prompts, "input_len": options.input_len, "output_len": options.output_len}
     data["workload"] |= {k: v for k, v in workload.items() if v is not None}

@@ -62,9 +62,11 @@ def markdown_table(summary: dict) -> str:
                  _gib(s.get("peak_rss_bytes")), "-" if startup is None else f"{startup:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     env = summary.get("environment")
-    repeat = summary.get("matrix", {}).get("repeat", 1)
+    matrix = summary.get("matrix", {})
+    repeat, rounds = matrix.get("repeat", 1), matrix.get("rounds", 1)
+    runs = f"{repeat * rounds} runs ({rounds} rounds of {repeat}, settings interleaved)" if rounds > 1 else f"{repeat} runs"
     if env:
-        lines.append(f"\n{summary['name']}: median of {repeat} runs (min-max); {describe(env)}.")
+        lines.append(f"\n{summary['name']}: median of {runs} (min-max); {describe(env)}.")
     return "\n".join(lines)
 
 
@@ -182,7 +184,8 @@ def refresh_summary(run_dir: Path) -> None:
     by_label = {r["label"]: r for r in _results(run_dir)}
     for row in summary["settings"]:
         if row["label"] in by_label:
-            row.update(server_medians(by_label[row["label"]]["rates"][0]))
+            result = by_label[row["label"]]
+            row.update(server_medians(result["rates"][0], result.get("rounds", 1)))
     (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 

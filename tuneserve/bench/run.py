@@ -1,11 +1,13 @@
 """`tuneserve bench run`: for each setting, start its server, warm up, measure every rate `repeat`
-times, stop it; write one JSON per setting, a summary and the report."""
+times, stop it (all of it `rounds` times, settings interleaved); write one JSON per setting, a
+summary and the report."""
 
 import asyncio
 import contextlib
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -131,7 +133,8 @@ async def _warm_up(client: httpx.AsyncClient, requests: list[BenchRequest], coun
 
 
 def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progress: Callable[[str], None]) -> dict:
-    """Every rate, `matrix.repeat` times, against a running server; raw timings kept."""
+    """Every rate, `matrix.repeat` times, against a running server; raw timings kept (`pool_rounds`
+    summarizes them)."""
     workload = matrix.workload_for(setting)
     nonce = uuid.uuid4().hex[:6]
     warm = build_requests(workload, target.model, f"warmup-{nonce}", matrix.seed)
@@ -150,12 +153,26 @@ def measure_setting(matrix: BenchMatrix, setting: Setting, target: Target, progr
                 cold, warm_ttfts = cold + c, warm_ttfts + w
             progress(f"  rate {_rate(rate)} repeat {rep + 1}/{matrix.repeat}: {m['output_throughput']:.1f} tok/s, "
                      f"median TTFT {m['median_ttft_ms']:.0f} ms, {m['failed']} failed")
+        rates.append({"request_rate": rate, "repeats": repeats, "cold": cold, "warm": warm_ttfts})
+    return {"rates": rates, "startup_s": target.startup_s}
+
+
+def pool_rounds(rounds: list[dict], adapter_mix: bool) -> dict:
+    """One setting's measurements over every round (each on its own server), as one: per rate the
+    repeats of all rounds with their median and spread; start-up time the median, memory the peak."""
+    rates = []
+    for i, first in enumerate(rounds[0]["rates"]):
+        repeats = [r for measured in rounds for r in measured["rates"][i]["repeats"]]
         summary = summarize_repeats([r["metrics"] for r in repeats])
-        if workload.adapter_mix is not None:  # over all repeats: the cold loads happen in the first
-            summary |= {k: {"median": v, "min": v, "max": v} for k, v in cold_warm_stats(cold, warm_ttfts).items() if v is not None}
-        rates.append({"request_rate": rate, "summary": summary, "repeats": repeats})
+        if adapter_mix:  # the cold loads happen in each server's first repeat
+            cold = [t for measured in rounds for t in measured["rates"][i]["cold"]]
+            warm = [t for measured in rounds for t in measured["rates"][i]["warm"]]
+            summary |= {k: {"median": v, "min": v, "max": v} for k, v in cold_warm_stats(cold, warm).items() if v is not None}
+        rates.append({"request_rate": first["request_rate"], "summary": summary, "repeats": repeats})
+    startups = [m["startup_s"] for m in rounds if m["startup_s"] is not None]
     peak = max(r["metrics"]["peak_rss_bytes"] for rate in rates for r in rate["repeats"])
-    return {"rates": rates, "peak_rss_bytes": peak, "startup_s": target.startup_s}
+    return {"rates": rates, "peak_rss_bytes": peak, "startup_s": statistics.median(startups) if startups else None,
+            "rounds": len(rounds)}
 
 
 def measure_once(matrix: BenchMatrix, target: Target, requests: list[BenchRequest], rate: float) -> dict:
@@ -192,13 +209,14 @@ def _rate(rate: float) -> str:
 def setting_result(matrix: BenchMatrix, setting: Setting, measured: dict, env: dict) -> dict:
     """vLLM's result keys (medians over repeats at the first rate) plus tuneserve's."""
     first = measured["rates"][0]["summary"]
-    result = {key: value["median"] for key, value in first.items()} | server_medians(measured["rates"][0])
+    result = {key: value["median"] for key, value in first.items()} | server_medians(measured["rates"][0], measured["rounds"])
     result |= {
         "date": env["date"], "backend": "openai-chat", "label": setting.name, "model_id": matrix.model,
         "num_prompts": matrix.workload_for(setting).num_prompts, "request_rate": measured["rates"][0]["request_rate"],
         "burstiness": matrix.load.burstiness, "max_concurrency": matrix.load.max_concurrency,
         "setting": redact(setting.model_dump()), "serve_config": redact(matrix.serve_config_for(setting)),
-        "workload": matrix.workload_for(setting).model_dump(), "repeat": matrix.repeat,
+        "workload": matrix.workload_for(setting).model_dump(), "repeat": matrix.repeat * measured["rounds"],
+        "rounds": measured["rounds"],
         "spread": {key: {"min": v["min"], "max": v["max"]} for key, v in first.items()},
         "peak_rss_bytes": measured["peak_rss_bytes"], "startup_s": measured["startup_s"], "rates": measured["rates"],
         "environment": env,
@@ -211,15 +229,28 @@ def run_bench(matrix: BenchMatrix, out_dir: Path, progress: Callable[[str], None
 
     env = environment()
     with atomic_artifact(out_dir, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory() as log_dir:
+        measured: dict[str, list[dict]] = {s.name: [] for s in matrix.settings}
+        errors: dict[str, str] = {}
+        for round_ in range(1, matrix.rounds + 1):  # settings interleaved: drift in machine speed spreads over all
+            for i, setting in enumerate(matrix.settings, 1):
+                if setting.name in errors:
+                    continue
+                label = f" (round {round_}/{matrix.rounds})" if matrix.rounds > 1 else ""
+                progress(f"[{i}/{len(matrix.settings)}] {setting.name}{label}")
+                try:
+                    with serving(matrix, setting, Path(log_dir)) as target:
+                        measured[setting.name].append(measure_setting(matrix, setting, target, progress))
+                except (RuntimeError, ValueError) as e:  # it did not start (or its model is unknown): record it, go on
+                    progress(f"  failed: {str(e).splitlines()[0]}")
+                    errors[setting.name] = str(e)[-4000:]
         summary = []
-        for i, setting in enumerate(matrix.settings, 1):
-            progress(f"[{i}/{len(matrix.settings)}] {setting.name}")
-            try:
-                with serving(matrix, setting, Path(log_dir)) as target:
-                    result = setting_result(matrix, setting, measure_setting(matrix, setting, target, progress), env)
-            except (RuntimeError, ValueError) as e:  # it did not start (or its model is unknown): record it, go on
-                progress(f"  failed: {str(e).splitlines()[0]}")
-                result = {"label": setting.name, "error": str(e)[-4000:], "setting": redact(setting.model_dump()), "environment": env}
+        for setting in matrix.settings:
+            if setting.name in errors:
+                result = {"label": setting.name, "error": errors[setting.name], "setting": redact(setting.model_dump()),
+                          "environment": env}
+            else:
+                pooled = pool_rounds(measured[setting.name], matrix.workload_for(setting).adapter_mix is not None)
+                result = setting_result(matrix, setting, pooled, env)
             (tmp / f"{slug(setting.name)}.json").write_text(json.dumps(finite(result), indent=1) + "\n")
             summary.append({k: v for k, v in result.items() if k != "rates"})
         (tmp / "summary.json").write_text(json.dumps(finite(

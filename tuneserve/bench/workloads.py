@@ -2,8 +2,10 @@
 
 Every prompt starts with a tag unique to (setting, rate, repeat, index), so the prefix cache
 cannot serve one run from an earlier one: a later setting is not flattered by the ones before.
+The tag is a digest of fixed length: a setting with a longer name must not get longer prompts.
 """
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ class BenchRequest:
 def build_requests(workload: Workload, default_model: str, tag: str, seed: int) -> list[BenchRequest]:
     """`workload.num_prompts` requests; the same seed gives the same lengths and model mix."""
     rng = random.Random(seed)
+    tag = hashlib.sha256(tag.encode()).hexdigest()[:12]
     if workload.kind == "multiturn":
         return _multiturn(workload, default_model, tag, rng)
     prompts = _prompts(workload, rng)

@@ -157,8 +157,12 @@ def _check_explicit(
 
 
 
-LORA_CACHE_SHARE = 0.05  # of the available memory, at most, for the engine's cache of adapters (CPU)
+LORA_CACHE_SHARE = 0.05  # of the available memory, at most, for the engine's adapter slots, and again for its cache of adapters
 MAX_DEFAULT_CPU_LORAS = 32
+# Engine slots (--max-loras) by default. 100 adapters asked for with Zipf popularity by 16 streams
+# ran at 0.73x of the base model with 16 slots, 0.62x with 8 and 0.59x with 4 (a request whose
+# adapter finds no free slot waits; docs/adapters.md, examples/bench/lora-scale.yaml).
+DEFAULT_MAX_LORAS = 16
 
 
 @dataclass(frozen=True)
@@ -173,13 +177,18 @@ class LoraPlan:
                 f"(at most {self.adapter_bytes / (1 << 20):.1f} MiB each); --no-lora serves the base only")
 
 
-def plan_loras(weight_shapes: dict[str, list[int]], max_rank: int, max_loras: int, max_cpu_loras: int | None,
+def plan_loras(weight_shapes: dict[str, list[int]], max_rank: int, max_loras: int | None, max_cpu_loras: int | None,
                available_bytes: int | None = None) -> LoraPlan:
-    """How many adapters the engine keeps loaded (--max-cpu-loras): given none, as many as fit in
-    LORA_CACHE_SHARE of the available memory, at least --max-loras and at most MAX_DEFAULT_CPU_LORAS."""
+    """Engine slots (--max-loras) and how many adapters the engine keeps loaded (--max-cpu-loras).
+    Given none: DEFAULT_MAX_LORAS slots, fewer when their float32 weights would take more than
+    LORA_CACHE_SHARE of the available memory; and as many kept loaded as fit in another
+    LORA_CACHE_SHARE, at least --max-loras and at most MAX_DEFAULT_CPU_LORAS."""
     adapter_bytes = sum(max_rank * (out + inp) * 2 for out, inp in (s for s in weight_shapes.values() if len(s) == 2))
-    if max_cpu_loras is None:
+    if max_loras is None or max_cpu_loras is None:
         available = available_memory_bytes() if available_bytes is None else available_bytes
-        fits = int(available * LORA_CACHE_SHARE // max(adapter_bytes, 1))
-        max_cpu_loras = max(max_loras, min(MAX_DEFAULT_CPU_LORAS, fits))
+        budget = available * LORA_CACHE_SHARE
+        if max_loras is None:
+            max_loras = max(1, min(DEFAULT_MAX_LORAS, int(budget // max(2 * adapter_bytes, 1))))
+        if max_cpu_loras is None:
+            max_cpu_loras = max(max_loras, min(MAX_DEFAULT_CPU_LORAS, int(budget // max(adapter_bytes, 1))))
     return LoraPlan(max_loras, max(max_cpu_loras, max_loras), max_rank, adapter_bytes)

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tuneserve.config import tuneserve_home
 from tuneserve.engine.launch import LORA_RANKS
-from tuneserve.engine.memory import LORA_CACHE_SHARE, MAX_DEFAULT_CPU_LORAS
+from tuneserve.engine.memory import DEFAULT_MAX_LORAS, LORA_CACHE_SHARE, MAX_DEFAULT_CPU_LORAS
 from tuneserve.models.aliases import DEFAULT_MODEL
 from tuneserve.server.adapter_sources import check_url_prefix
 
@@ -84,7 +84,10 @@ class ServeConfig(BaseModel):
         "start and reconciles whenever it changes: in Kubernetes a ConfigMap, so every replica serves the same set.",
     )
     adapters_file_poll_s: float = Field(2.0, gt=0, description="How often the --adapters-file is checked for changes.")
-    max_loras: int = Field(4, ge=1, description="Adapters active in one engine step.")
+    max_loras: int | None = Field(
+        None, ge=1, description=f"Adapters active in one engine step; default: {DEFAULT_MAX_LORAS}, fewer when their weights "
+        f"would take more than {LORA_CACHE_SHARE:.0%} of the available memory (logged at start).",
+    )
     max_lora_rank: LoraRank = Field(16, description="Largest adapter rank accepted (vLLM allows 1, 8, 16, 32, 64, 128, 256, 320, 512).")
     max_cpu_loras: int | None = Field(
         None, ge=1, description="Adapters kept loaded in vLLM's adapter cache; default: as many as fit in "

@@ -54,7 +54,7 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool, lora_plan:
         enable_prefix_caching=config.prefix_caching,
         seed=config.seed,
         enable_lora=config.is_lora_enabled,
-        max_loras=config.max_loras,
+        max_loras=lora_plan.max_loras if lora_plan else config.max_loras,
         max_lora_rank=config.max_lora_rank,
         max_cpu_loras=lora_plan.max_cpu_loras if lora_plan else config.max_cpu_loras,
         speculative_config=speculative_config(config),

@@ -92,7 +92,7 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards,
         if base is not None:
             adapters = AdapterRegistry(engine, base, config.max_lora_rank, snapshots, roots=config.adapter_root_dirs,
                                        max_disk_bytes=int(config.adapter_disk_gib * (1 << 30)), url_prefixes=config.adapter_url_prefixes,
-                                       max_pinned=config.max_loras - 1)
+                                       max_pinned=lora_plan.max_loras - 1)
             for name, info in prepared.items():
                 await adapters.load(name, info.source_path, source="cli", info=info)
             if config.adapters_file:

@@ -70,8 +70,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - /etc/tuneserve/adapters/adapters.yaml
 - --adapters-file-poll-s
 - {{ .Values.adaptersFilePollSeconds | quote }}
+{{- with .Values.serve.maxLoras }}
 - --max-loras
-- {{ .Values.serve.maxLoras | quote }}
+- {{ . | quote }}
+{{- end }}
 - --max-lora-rank
 - {{ .Values.serve.maxLoraRank | quote }}
 - --drain-timeout-s
