@@ -58,3 +58,16 @@ def test_cpu_pipeline_stages_get_their_receive_buffers(monkeypatch):
     monkeypatch.setattr("vllm.distributed.parallel_state.get_pp_group", lambda: SimpleNamespace(is_first_rank=False))
     CPUModelRunner.warming_up_model(runner)  # eager: vLLM's own warm-up returns at once
     assert runner.intermediate_tensors == "buffers" and made[0]["batch_size"] == 8
+
+
+def test_kv_event_publishers_bind_loopback_addresses():
+    """Fix 7: vllm-router connects to each engine's event port, so the engine must bind it; vLLM
+    connected to any address but a wildcard, and the wildcard publishes prompts on every interface."""
+    from vllm.distributed.kv_events import ZmqEventPublisher
+
+    vllm_plugin._bind_loopback_kv_event_endpoints()
+    vllm_plugin._bind_loopback_kv_event_endpoints()  # twice is harmless
+    binds = ZmqEventPublisher._is_bind_endpoint
+    assert binds("tcp://127.0.0.1:5557") and binds("tcp://localhost:5557")
+    assert binds("tcp://*:5557") and binds("ipc:///tmp/events")  # vLLM's own rule, kept
+    assert not binds("tcp://10.0.0.5:5557")  # a remote subscriber that binds is still connected to

@@ -1,4 +1,5 @@
-"""Admission limits, timeouts and the SIGTERM drain, on a second real server with tight limits."""
+"""Admission limits, timeouts and the SIGTERM drain, on a second real server with tight limits
+(which also publishes its engine's KV-cache events, as replicas do for kv_aware routing)."""
 
 import json
 import signal
@@ -18,10 +19,46 @@ LONG = {"max_tokens": 1200, "ignore_eos": True, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory):
-    running = start_server(tmp_path_factory.mktemp("limited"), *LIMITS)
+def kv_events_endpoint():
+    from tuneserve.server import free_port
+
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory, kv_events_endpoint):
+    running = start_server(tmp_path_factory.mktemp("limited"), *LIMITS, "--kv-events-endpoint", kv_events_endpoint)
     yield running
     stop_server(running)
+
+
+def test_the_engine_publishes_the_blocks_it_caches_for_kv_aware_routing(limited, kv_events_endpoint):
+    """--kv-events-endpoint (what `--replicas N --router-policy kv_aware` gives each replica): the
+    engine publishes every KV-cache block it stores, with its tokens, where vllm-router subscribes."""
+    import msgspec
+    import zmq
+    from vllm.distributed.kv_events import BlockStored, KVEventBatch
+
+    socket = zmq.Context.instance().socket(zmq.SUB)
+    socket.connect(kv_events_endpoint)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")
+    socket.setsockopt(zmq.RCVTIMEO, 500)
+    time.sleep(1)  # a late subscriber misses what was published before it joined
+    prompt = list(range(1000, 1300))  # 300 tokens: two whole blocks of 128 (the CPU backend's block)
+    body = {"model": "smollm2-135m-instruct", "prompt": prompt, "max_tokens": 1, "temperature": 0}
+    assert httpx.post(f"{limited.base_url}/v1/completions", json=body, timeout=120).status_code == 200
+    stored, deadline = [], time.monotonic() + 30
+    while not stored and time.monotonic() < deadline:
+        try:
+            _, _, payload = socket.recv_multipart()
+        except zmq.Again:
+            continue
+        batch = msgspec.msgpack.decode(payload, type=KVEventBatch)
+        stored += [e for e in batch.events if isinstance(e, BlockStored)]
+    socket.close()
+    assert stored, "no BlockStored event within 30 s"
+    tokens = [t for event in stored for t in event.token_ids]
+    assert tokens[:256] == prompt[:256] and stored[0].block_size == 128
 
 
 @pytest.fixture()

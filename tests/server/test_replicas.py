@@ -171,3 +171,20 @@ def _pid_listening(url: str) -> int:
         if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
             return conn.pid
     raise AssertionError(f"nothing listens on {port}")
+
+
+def test_kv_aware_subscribes_the_router_to_each_replicas_kv_events():
+    """--router-policy kv_aware: one event source per replica, the engine's block size and the
+    served model, as vllm-router's own parser accepts them (the engine side publishes:
+    test_limits_and_drain.py reads its events)."""
+    from tuneserve.server.config import ServeConfig
+    from tuneserve.server.replicas import check_router_flags, router_command
+
+    config = ServeConfig(replicas=2, router_policy="kv_aware", port=8000)
+    urls, endpoints = ["http://127.0.0.1:8001", "http://127.0.0.1:8002"], ["tcp://127.0.0.1:9001", "tcp://127.0.0.1:9002"]
+    cmd = router_command(config, urls, 9100, endpoints, block_size=128)
+    check_router_flags(cmd)
+    sources = [cmd[i + 1] for i, flag in enumerate(cmd) if flag == "--kv-event-source"]
+    assert sources == [f"{u}={e}" for u, e in zip(urls, endpoints)]
+    assert cmd[cmd.index("--kv-event-block-size") + 1] == "128" and cmd[cmd.index("--kv-event-model") + 1] == MODEL
+    assert "--kv-event-source" not in router_command(config.model_copy(update={"router_policy": "cache_aware"}), urls, 9100)

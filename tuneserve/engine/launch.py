@@ -58,6 +58,10 @@ def start_engine(model_dir: Path, cpu_threads: int | None = None, **engine_kwarg
         engine_kwargs["dtype"] = engine_dtype(engine_kwargs.get("dtype") or "auto")
     if engine_kwargs.get("enforce_eager") is None:
         engine_kwargs["enforce_eager"] = is_cpu
+    if isinstance(engine_kwargs.get("kv_events_config"), dict):
+        from vllm.config import KVEventsConfig
+
+        engine_kwargs["kv_events_config"] = KVEventsConfig(**engine_kwargs["kv_events_config"])
     args = AsyncEngineArgs(model=str(model_dir), **engine_kwargs)
     logger.info("starting vLLM engine for %s (enforce_eager=%s)", model_dir, args.enforce_eager)
     return AsyncLLM.from_engine_args(args)

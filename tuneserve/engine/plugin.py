@@ -48,6 +48,12 @@ start (~10 s of imports here), a core the engine core spends polling the worker'
 IPC round trip per step. With one rank and `uni` (vLLM's own choice for one rank, or asked for),
 the plugin keeps it; `--distributed-executor-backend mp` still gives the worker process. Measured here (docs/performance.md, `make bench-executor`): start-up 36 -> 26 s, peak RSS
 7.3 -> 6.5 GiB, throughput 1.03x at 1 and at 16 streams (within the runs' spread).
+
+Fix 7, KV-cache events on a loopback address. vLLM's ZMQ event publisher binds only wildcard
+(`tcp://*:P`), IPv6 (`::`, which it then cannot bind: no ZMQ IPv6 option) and ipc endpoints, and
+*connects* to any other; vllm-router also connects (and takes only tcp://HOST:PORT), so with
+`tcp://127.0.0.1:P` both sides connected and no event ever flowed, while `tcp://*:P` would publish
+the prompts' tokens on every interface. The publisher binds loopback endpoints too.
 """
 
 import logging
@@ -97,7 +103,7 @@ def plugin_active() -> bool:
 def register() -> None:
     _freeze_heap_at_exit()
     if not plugin_active():
-        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops, CPU pipeline warm-up, LoRA on oneDNN int8, one engine process on CPU) were verified on vLLM %s; "
+        logger.warning("tuneserve's vLLM changes (prompt-logprobs fix, grouped CPU LoRA ops, CPU pipeline warm-up, LoRA on oneDNN int8, one engine process on CPU, loopback KV events) were verified on vLLM %s; "
                        "this is %s: left out, vLLM's own code runs", "/".join(VERIFIED_VLLM), vllm_version())
         return
     _patch_cpu_lora_logits()
@@ -105,6 +111,22 @@ def register() -> None:
     _warm_up_cpu_pipeline_stages()
     _lora_device_of_released_weights()
     _keep_uni_executor_on_cpu()
+    _bind_loopback_kv_event_endpoints()
+
+
+def _bind_loopback_kv_event_endpoints() -> None:
+    """Fix 7: a KV-event publisher given tcp://127.0.0.1:P (or localhost) binds it."""
+    from vllm.distributed.kv_events import ZmqEventPublisher
+
+    original = ZmqEventPublisher._is_bind_endpoint
+    if getattr(original, "is_tuneserve_fix", False):
+        return
+
+    def _is_bind_endpoint(endpoint: str) -> bool:
+        return endpoint.startswith(("tcp://127.", "tcp://localhost:")) or original(endpoint)
+
+    _is_bind_endpoint.is_tuneserve_fix = True
+    ZmqEventPublisher._is_bind_endpoint = staticmethod(_is_bind_endpoint)
 
 
 def _freeze_heap_at_exit() -> None:

@@ -151,14 +151,21 @@ class ServeConfig(BaseModel):
         1, ge=1, le=64, description="Run this many servers on this machine, each with its share of the cores and memory, "
         "behind vLLM's router (vllm-router) on --host/--port; a replica that dies is restarted.",
     )
-    router_policy: Literal["cache_aware", "round_robin", "power_of_two", "consistent_hash", "random"] = Field(
+    router_policy: Literal["cache_aware", "kv_aware", "round_robin", "power_of_two", "consistent_hash", "random"] = Field(
         "cache_aware", description="With --replicas: how the router picks a replica. cache_aware: where the prompt's "
-        "prefix was served before (warm prefix cache), unless the load is uneven.",
+        "prefix was served before (warm prefix cache), unless the load is uneven; kv_aware: the least prefill and "
+        "decode work left, from the prefixes each engine reports it holds (its KV-cache events).",
     )
     router_retries: int = Field(3, ge=0, le=10, description="With --replicas: tries on another replica after a refusal or a dropped connection.")
     router_args: list[str] = Field(
         default_factory=list, json_schema_extra={"flag": "--router-arg"},
         description="With --replicas: more vllm-router flags, passed as given (repeatable, e.g. --router-arg=--cache-threshold=0.5).",
+    )
+    kv_events_endpoint: str | None = Field(
+        None, description="Publish the engine's KV-cache events (blocks stored and removed, with their tokens) on this "
+        "ZMQ endpoint for a router's kv_aware policy: the engine binds tcp://127.0.0.1:PORT, ipc://PATH and "
+        "tcp://*:PORT (every interface: the tokens are the prompts) and connects to other addresses; --replicas "
+        "with --router-policy kv_aware gives each replica one on loopback.",
     )
     speculative: str | None = Field(
         None, description="Speculative decoding: ngram[:K] or draft:MODEL_REF[:K] (K draft tokens, default 4)."
@@ -204,6 +211,13 @@ class ServeConfig(BaseModel):
     @classmethod
     def _check_url_prefixes(cls, v):
         return [check_url_prefix(prefix) for prefix in v]
+
+    @field_validator("kv_events_endpoint")
+    @classmethod
+    def _check_kv_events_endpoint(cls, v):
+        if v is not None and not v.startswith(("tcp://", "ipc://")):
+            raise ValueError(f"{v!r} is not a ZMQ endpoint (tcp://HOST:PORT or ipc://PATH)")
+        return v
 
     @field_validator("speculative")
     @classmethod

@@ -58,6 +58,8 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool, lora_plan:
         max_lora_rank=config.max_lora_rank,
         max_cpu_loras=lora_plan.max_cpu_loras if lora_plan else config.max_cpu_loras,
         speculative_config=speculative_config(config),
+        kv_events_config=None if config.kv_events_endpoint is None else {
+            "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": config.kv_events_endpoint},
         tensor_parallel_size=config.tensor_parallel_size,
         pipeline_parallel_size=config.pipeline_parallel_size,
         data_parallel_size=config.data_parallel_size,

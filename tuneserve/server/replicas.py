@@ -43,6 +43,7 @@ ROUTER_ONLY = {"replicas", "host", "port", "router_policy", "router_retries", "r
 
 
 VLLM_DEFAULT_MAX_NUM_SEQS = 128  # vLLM's CPU default
+DEFAULT_KV_BLOCK_SIZE = 16  # vLLM's default KV-cache block (the CPU backend takes 128)
 
 
 def replica_ports(port: int, n: int) -> list[int]:
@@ -74,7 +75,8 @@ def replica_values(config: ServeConfig) -> tuple[dict, list[list[int]]]:
     return values, groups
 
 
-def router_command(config: ServeConfig, urls: list[str], metrics_port: int) -> list[str]:
+def router_command(config: ServeConfig, urls: list[str], metrics_port: int, kv_events: list[str] | None = None,
+                   block_size: int = DEFAULT_KV_BLOCK_SIZE) -> list[str]:
     # cache_aware sends a request to the replica holding its longest prefix until the replicas'
     # loads differ by more than --balance-abs-threshold (64 by default: more than a CPU replica
     # batches, so one replica took everything). A quarter of a replica's batch keeps both busy.
@@ -87,8 +89,35 @@ def router_command(config: ServeConfig, urls: list[str], metrics_port: int) -> l
         "--retry-max-retries", str(config.router_retries),
         "--health-check-interval-secs", str(HEALTH_INTERVAL_S), "--health-failure-threshold", "2",
         "--health-success-threshold", "1", "--cb-timeout-duration-secs", "10",
-        "--worker-startup-timeout-secs", "900", "--log-level", config.log_level, *config.router_args,
+        "--worker-startup-timeout-secs", "900", "--log-level", config.log_level,
+        *kv_event_flags(urls, kv_events or [], config.model_names[0], block_size), *config.router_args,
     ]
+
+
+def kv_event_flags(urls: list[str], endpoints: list[str], model: str, block_size: int) -> list[str]:
+    """kv_aware: where each replica's engine publishes its KV-cache events, the engine's block size
+    (the router hashes prompts in blocks of it) and the model they are of (the served name)."""
+    if not endpoints:
+        return []
+    flags = [f for url, endpoint in zip(urls, endpoints, strict=True) for f in ("--kv-event-source", f"{url}={endpoint}")]
+    return [*flags, "--kv-event-block-size", str(block_size), "--kv-event-model", model]
+
+
+def engine_block_size(url: str) -> int:
+    """The KV-cache block size a running replica's engine chose (vLLM's cache_config_info metric)."""
+    import re
+
+    import httpx
+
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        text = ""
+    found = re.search(r'^vllm:cache_config_info\{[^}]*block_size="(\d+)"', text, re.MULTILINE)
+    if found is None:
+        logger.warning("kv_aware: no block size in %s/metrics; assuming vLLM's default %d", url, DEFAULT_KV_BLOCK_SIZE)
+        return DEFAULT_KV_BLOCK_SIZE
+    return int(found.group(1))
 
 
 def check_router_flags(command: list[str]) -> None:
@@ -113,6 +142,9 @@ class Supervisor:
         self.log_dir = log_dir
         self.ports = replica_ports(config.port, len(self.groups)) if config.port else [free_port() for _ in self.groups]
         self.replicas: list[ServerProcess | None] = [None] * len(self.groups)
+        # kv_aware: each engine publishes its KV-cache events here (the same endpoint after a restart)
+        # (on loopback, which the engine binds: plugin fix 7)
+        self.kv_events = [f"tcp://127.0.0.1:{free_port()}" for _ in self.groups] if config.router_policy == "kv_aware" else []
         self.restarts = [0] * len(self.groups)
         self.router: subprocess.Popen | None = None
         self.stopping = False
@@ -120,6 +152,8 @@ class Supervisor:
     def start_replica(self, i: int) -> None:
         cmd = [sys.executable, "-m", "tuneserve", "serve", "--config", str(self.config_path),
                "--host", "127.0.0.1", "--port", str(self.ports[i])]
+        if self.kv_events:
+            cmd += ["--kv-events-endpoint", self.kv_events[i]]
         self.replicas[i] = spawn(cmd, self.ports[i], self.log_dir, cores=self.groups[i], log_name=f"replica-{i}.log",
                                  with_parent=True)  # a killed supervisor leaves no replica behind
         logger.info("replica %d: pid %d on 127.0.0.1:%d, cores %s, log %s", i, self.replicas[i].process.pid,
@@ -137,7 +171,9 @@ class Supervisor:
                 last = [line for line in str(e).splitlines() if line.strip()][-1]  # a user error is the log's last line
                 raise StartupError(f"replica {i} did not start: {last} (log: {replica.log_path})") from None
         metrics_port = free_port()
-        self.router = subprocess.Popen(router_command(self.config, [r.base_url for r in self.replicas], metrics_port),
+        urls = [r.base_url for r in self.replicas]
+        block_size = engine_block_size(urls[0]) if self.kv_events else DEFAULT_KV_BLOCK_SIZE
+        self.router = subprocess.Popen(router_command(self.config, urls, metrics_port, self.kv_events, block_size),
                                        start_new_session=True, preexec_fn=terminate_with_parent)
         logger.info("vllm-router (%s) on http://%s:%d in front of %d replicas; its metrics on 127.0.0.1:%d",
                     self.config.router_policy, self.config.host, self.config.port, len(self.replicas), metrics_port)
@@ -186,7 +222,8 @@ def serve_replicas(config: ServeConfig) -> int:
     """Serve `config` as `config.replicas` replicas behind the router until SIGINT/SIGTERM."""
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     router_binary()  # fail before anything starts
-    check_router_flags(router_command(config, ["http://127.0.0.1:1"], 1))
+    kv_events = ["tcp://127.0.0.1:2"] if config.router_policy == "kv_aware" else None
+    check_router_flags(router_command(config, ["http://127.0.0.1:1"], 1, kv_events))
     log_dir = tuneserve_home() / "logs" / f"replicas-{config.port}"
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="tuneserve-replicas-") as work:
