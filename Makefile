@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-peers bench-executor bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-peers bench-engines bench-executor bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -88,11 +88,13 @@ runs/smollm2-gguf-bf16/tuneserve.json: | setup
 runs/smollm2-gguf-q8_0/tuneserve.json: | setup
 	$(TS) optimize export --type q8_0 --out runs/smollm2-gguf-q8_0 --overwrite
 bench-peers: runs/smollm2-gguf-bf16/tuneserve.json runs/smollm2-gguf-q8_0/tuneserve.json
-	$(BIN)/pip install -q xllamacpp==2026.10.11549
 	for n in 1 4 16; do $(TS) bench run examples/bench/peers.yaml --max-concurrency $$n --num-prompts $$((n * 8)) \
 	  --out docs/bench/peers-$$n --overwrite || exit 1; done
+bench-engines: runs/smollm2-gguf-bf16/tuneserve.json runs/smollm2-gguf-q8_0/tuneserve.json
+	$(BIN)/python examples/bench/roofline.py
+	for n in 1 16; do $(TS) bench run examples/bench/engines.yaml --max-concurrency $$n --num-prompts $$((n * 8)) \
+	  --out docs/bench/engines-$$n --overwrite || exit 1; done
 bench-executor: runs/smollm2-gguf-q8_0/tuneserve.json
-	$(BIN)/pip install -q xllamacpp==2026.10.11549
 	for n in 1 16; do $(TS) bench run examples/bench/executor.yaml --max-concurrency $$n --num-prompts $$((n * 8)) \
 	  --out docs/bench/executor-$$n --overwrite || exit 1; done
 bench-replicas: setup

@@ -13,10 +13,29 @@ from tuneserve.engine import (
     plan_kv_cache,
     start_engine,
 )
-from tuneserve.models import resolve_model
+from tuneserve.models import model_facts, resolve_model
 from tuneserve.server.config import ServeConfig, parse_speculative
 
 logger = logging.getLogger("tuneserve.server")
+
+
+def served_model_dir(config: ServeConfig) -> Path:
+    """The model's Hugging Face directory (tokenizer, chat template, facts): a `tuneserve optimize
+    export` directory served by llama.cpp has the one it was exported from."""
+    if config.engine == "llamacpp":
+        from tuneserve.engine.llamacpp import tokenizer_dir_of
+
+        exported_from = tokenizer_dir_of(config.model)
+        if exported_from is not None:
+            return exported_from
+    return resolve_model(config.model)
+
+
+def engine_limits(engine) -> tuple[int, int]:
+    """(context length, sequences per step) the engine was started with."""
+    if hasattr(engine, "vllm_config"):
+        return engine.model_config.max_model_len, engine.vllm_config.scheduler_config.max_num_seqs
+    return engine.max_model_len, engine.max_num_seqs
 
 
 def speculative_config(config: ServeConfig) -> dict | None:
@@ -71,7 +90,13 @@ def engine_kwargs(config: ServeConfig, model_dir: Path, is_cpu: bool, lora_plan:
 
 
 def build_engine(config: ServeConfig, model_dir: Path, lora_plan: LoraPlan | None = None):
-    """The server's AsyncLLM, after the platform checks."""
+    """The server's engine: vLLM's AsyncLLM after the platform checks, or llama.cpp (--engine llamacpp)."""
+    if config.engine == "llamacpp":
+        from tuneserve.engine.llamacpp import gguf_of, start_llamacpp
+
+        max_model_len = config.max_model_len or model_facts(model_dir).context_length or 2048
+        return start_llamacpp(gguf_of(config.model, model_dir, config.gguf_type), max_model_len, config.max_num_seqs,
+                              config.cpu_threads, verbose=config.log_level == "debug")
     is_cpu = is_cpu_platform()
     check_platform_options(config, is_cpu)
     check_parallelism(config, model_dir, is_cpu)

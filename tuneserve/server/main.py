@@ -10,14 +10,14 @@ import uvicorn
 
 from tuneserve.config import tuneserve_home
 from tuneserve.engine import plan_loras
-from tuneserve.models import model_fingerprint, resolve_model
+from tuneserve.models import model_fingerprint
 from tuneserve.models.facts import safetensors_header, weight_files
 from tuneserve.server.adapter_checks import ServedBase
 from tuneserve.server.adapters import AdapterRegistry
 from tuneserve.server.adapters_file import AdaptersFileWatcher
 from tuneserve.server.app import create_app
 from tuneserve.server.config import ServeConfig
-from tuneserve.server.engine import build_engine
+from tuneserve.server.engine import build_engine, engine_limits, served_model_dir
 from tuneserve.server.guards import load_guards
 from tuneserve.server.serving import ServedModel
 from tuneserve.server.snapshots import SnapshotDir
@@ -46,7 +46,7 @@ def serve(config: ServeConfig) -> int:
     """
 
     logging.basicConfig(level=config.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    model_dir = resolve_model(config.model)
+    model_dir = served_model_dir(config)
     auth = load_keys(config.api_key, config.api_keys)
     guards = load_guards(config.guard_model, [t.spec for t in auth.tenants] if auth else [])
     if config.metrics_auth and auth is None:
@@ -98,12 +98,12 @@ async def _serve(config: ServeConfig, model_dir: Path, auth, base, sock, guards,
             if config.adapters_file:
                 watcher = AdaptersFileWatcher(Path(config.adapters_file).expanduser().resolve(), adapters, config.adapters_file_poll_s)
                 await watcher.check()  # broken entries are reported and skipped: the rest serves
+        max_model_len, max_num_seqs = engine_limits(engine)
         if auth is not None:
-            max_num_seqs = engine.vllm_config.scheduler_config.max_num_seqs
             auth.set_default_parallel(config.max_parallel_requests_per_key or max(1, max_num_seqs // 2))
         model = ServedModel(
             names=config.model_names, path=str(model_dir),
-            max_model_len=engine.model_config.max_model_len, max_tokens_cap=config.max_tokens_cap,
+            max_model_len=max_model_len, max_tokens_cap=config.max_tokens_cap,
             chat_template=Path(config.chat_template).expanduser().read_text() if config.chat_template else None,
             tool_call_parser=config.tool_call_parser,
         )
