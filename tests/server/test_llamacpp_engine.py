@@ -94,6 +94,7 @@ def test_sampled_choices_and_json_schema(client):
     ({"prompt": "Hi", "max_tokens": 4, "echo": True, "logprobs": 1}, 400, "prompt_logprobs"),
     ({"prompt": "Hi", "max_tokens": 4, "min_tokens": 2}, 400, "min_tokens"),
     ({"prompt": "Hi", "max_tokens": 4, "stop_token_ids": [13]}, 400, "stop_token_ids"),
+    ({"prompt": "Hi", "max_tokens": 4, "cache_salt": "tenant-a"}, 400, "cache_salt"),
     ({"prompt": "Hi", "max_tokens": 4, "structured_outputs": {"choice": ["yes", "no"]}}, 400, "response_format"),
     ({"prompt": "Hi", "max_tokens": 4, "model": "dates"}, 404, "model"),
 ])

@@ -127,7 +127,7 @@ def _user_stop_ids(params: Any) -> list[int]:
     return list(params.stop_token_ids or [])
 
 
-def completion_body(prompt_ids: list[int], params: Any, seed_offset: int = 0, cache_salt: str | None = None) -> dict:
+def completion_body(prompt_ids: list[int], params: Any, seed_offset: int = 0) -> dict:
     """llama.cpp's /v1/completions body for one choice, every sampler set (llama.cpp's defaults,
     top_k 40 and min_p 0.05 among them, are not vLLM's)."""
     body = {
@@ -148,7 +148,7 @@ def completion_body(prompt_ids: list[int], params: Any, seed_offset: int = 0, ca
         "ignore_eos": params.ignore_eos,
         "stop": list(params.stop or []),
         "logprobs": max(1, params.logprobs or 0),  # at least 1: the chunks then name their token ids
-        "cache_prompt": cache_salt is None,  # a salted prompt shares no cached prefix
+        "cache_prompt": True,
     }
     if params.seed is not None:
         body["seed"] = params.seed + seed_offset
@@ -221,13 +221,14 @@ class LlamaCppEngine:
         from vllm.exceptions import VLLMValidationError
 
         problems = refusals(sampling_params, lora_request)
+        if prompt.get("cache_salt"):  # llama.cpp's slots reuse any earlier prompt's KV: no salted apart
+            problems.append(("cache_salt", "cache_salt (a prefix cache kept apart per salt)"))
         if problems:
             name, why = problems[0]
             raise VLLMValidationError(f"{why}: served by --engine vllm; this server runs llama.cpp (--engine llamacpp)", parameter=name)
         prompt_ids = list(prompt["prompt_token_ids"])
-        salt = prompt.get("cache_salt")
         n = sampling_params.n
-        streams = [self._choice(completion_body(prompt_ids, sampling_params, i, salt), f"{request_id}/{i}", i, sampling_params.logprobs, prompt_ids)
+        streams = [self._choice(completion_body(prompt_ids, sampling_params, i), f"{request_id}/{i}", i, sampling_params.logprobs, prompt_ids)
                    for i in range(n)]
         if n == 1:
             async for output in streams[0]:

@@ -253,6 +253,7 @@ class ServeConfig(BaseModel):
     def _engine_serves_them(self):
         if self.engine == "llamacpp":
             refused = [name for name in self.model_fields_set if name in VLLM_ONLY and getattr(self, name) != VLLM_ONLY[name]]
+            refused += ["router_policy"] if self.router_policy == "kv_aware" else []  # it reads vLLM's KV-cache events
             if refused:
                 from tuneserve.options import flag_name
 
