@@ -21,11 +21,15 @@ from pathlib import Path
 import openai
 import psutil
 
+RATE = 200  # samples a second
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))  # the wheel installs a binary beside python, no module
 
 # (label, substring of a frame): the first label whose substring is on a sample's stack counts it
 PARTS = [
     ("waiting (sched_yield / epoll)", ("sched_yield", "EpollSelector.select", "SpinCondition.wait")),
+    ("llama.cpp (--engine llamacpp: a request's thread in handle_completions)", ("handle_completions",)),
+    ("llama.cpp chunks into the event loop", ("on_chunk", "_choice", "delta_of")),
+    ("SSE chunks (OpenAI JSON per token)", ("sse", "model_dump", "serialize")),
     ("linear layers (oneDNN GEMM)", ("onednn_mm",)),
     ("attention kernel", ("cpu_attention_with_kv_cache",)),
     ("KV-cache write", ("cpu_attn_reshape_and_cache",)),
@@ -76,16 +80,20 @@ def main() -> None:
     time.sleep(2)
     with tempfile.TemporaryDirectory() as tmp:
         spies = {name: subprocess.Popen([PY_SPY, "record", "--pid", str(p.pid), "--duration", str(int(args.seconds)),
-                                         "--rate", "200", "--format", "raw", "--nonblocking", "--output", f"{tmp}/{p.pid}.txt"],
+                                         "--rate", str(RATE), "--format", "raw", "--nonblocking", "--output", f"{tmp}/{p.pid}.txt"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for name, p in processes.items()}
         for spy in spies.values():
             spy.wait()
         load.join()
-        print(f"one stream under the profiler: {result.get('tok/s', 0):.1f} tok/s")
+        tok_s = result.get("tok/s", 0)
+        print(f"one stream under the profiler: {tok_s:.1f} tok/s")
         for name, p in processes.items():
             total, parts = shares(Path(f"{tmp}/{p.pid}.txt"))
-            print(f"\n{name} (pid {p.pid}), {total} samples")
+            waiting = sum(n for label, n in parts.items() if label.startswith(("waiting", "llama.cpp (")))
+            busy = (total - waiting) / (args.seconds * RATE)  # Python at work, not waiting in epoll or in llama.cpp
+            per_token = f", {busy * 1e3 / tok_s:.1f} ms of CPU a token" if tok_s else ""
+            print(f"\n{name} (pid {p.pid}), {total} samples: Python threads busy {100 * busy:.0f}% of one core{per_token}")
             for label, count in parts.most_common():
                 print(f"  {100 * count / max(total, 1):5.1f}%  {label}")
 

@@ -12,7 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
-INSTALL = "pip install xllamacpp (llama.cpp's server, a prebuilt wheel)"
+from tuneserve.engine.llamacpp import server_params
 
 
 def gguf_path(model: str) -> Path:
@@ -42,21 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     args = parser.parse_args(argv)
     try:
+        params = server_params(gguf_path(args.model), args.ctx, args.parallel, args.threads, verbose=True)
         import xllamacpp as xlc
-    except ImportError:
-        sys.exit(f"error: {INSTALL}")
-    params = xlc.CommonParams()
-    try:
-        params.model.path = str(gguf_path(args.model))
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     params.hostnames = ["127.0.0.1"]
     params.port = args.port
-    params.n_parallel = args.parallel
-    params.n_ctx = args.ctx * args.parallel  # llama.cpp divides the context among the slots
-    params.cpuparams.n_threads = args.threads
-    params.cpuparams_batch.n_threads = args.threads
-    params.cont_batching = True
     params.endpoint_metrics = True
     server = xlc.Server(params)  # serves from its own threads
     print(f"llama.cpp serving {args.model} on {server.listening_address} ({args.threads} threads, "

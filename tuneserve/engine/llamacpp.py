@@ -314,29 +314,37 @@ class LlamaCppEngine:
         self.server = None  # xllamacpp stops llama.cpp's loop when its Server is freed
 
 
-def start_llamacpp(gguf: Path, max_model_len: int, slots: int | None, threads: int | None, verbose: bool = False) -> LlamaCppEngine:
-    """llama.cpp's server on `gguf`: `slots` sequences decoded together, each with `max_model_len`
-    tokens of context, on `threads` cores (default: every core this process may use). It listens on
-    no port of its own that anyone is told about: requests reach it through handle_completions."""
+def server_params(gguf: Path, max_model_len: int, slots: int, threads: int, verbose: bool = False) -> Any:
+    """llama.cpp's server settings: `slots` sequences decoded together (continuous batching), each
+    with `max_model_len` tokens of context, on `threads` cores; also what bench's llama.cpp peer runs."""
     try:
         import xllamacpp as xlc
     except ImportError:
-        raise RuntimeError(f"--engine llamacpp needs llama.cpp's server: {INSTALL}") from None
-    slots = slots or DEFAULT_SLOTS
-    threads = threads or len(os.sched_getaffinity(0))
+        raise RuntimeError(f"llama.cpp's server is missing: {INSTALL}") from None
     params = xlc.CommonParams()
     params.model.path = str(gguf)
-    # llama.cpp always opens its own HTTP listener: loopback, a free port, and a key nobody is
-    # given, so that nothing reaches the engine around tuneserve's keys and limits
-    params.hostnames = ["127.0.0.1"]
-    params.port = 0
-    params.api_keys = [secrets.token_urlsafe(32)]
     params.n_parallel = slots
     params.n_ctx = max_model_len * slots  # llama.cpp divides the context among its slots
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.cont_batching = True
     params.verbosity = 3 if verbose else 1  # llama.cpp logs every request at 3, its default
+    return params
+
+
+def start_llamacpp(gguf: Path, max_model_len: int, slots: int | None, threads: int | None, verbose: bool = False) -> LlamaCppEngine:
+    """llama.cpp's server on `gguf` in this process (default: llama-server's 4 slots, every core this
+    process may use). Requests reach it through handle_completions, not over HTTP."""
+    import xllamacpp as xlc
+
+    slots = slots or DEFAULT_SLOTS
+    threads = threads or len(os.sched_getaffinity(0))
+    params = server_params(gguf, max_model_len, slots, threads, verbose)
+    # llama.cpp always opens its own HTTP listener: loopback, a free port, and a key nobody is
+    # given, so that nothing reaches the engine around tuneserve's keys and limits
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0
+    params.api_keys = [secrets.token_urlsafe(32)]
     server = xlc.Server(params)
     logger.info("llama.cpp engine: %s, %d slots of %d tokens, %d threads", gguf, slots, max_model_len, threads)
     return LlamaCppEngine(server, gguf, max_model_len, slots, ThreadPoolExecutor(max(16, 4 * slots), "llamacpp"))
