@@ -188,3 +188,15 @@ def test_kv_aware_subscribes_the_router_to_each_replicas_kv_events():
     assert sources == [f"{u}={e}" for u, e in zip(urls, endpoints)]
     assert cmd[cmd.index("--kv-event-block-size") + 1] == "128" and cmd[cmd.index("--kv-event-model") + 1] == MODEL
     assert "--kv-event-source" not in router_command(config.model_copy(update={"router_policy": "cache_aware"}), urls, 9100)
+
+
+def test_llamacpp_replicas_start_from_settings_their_engine_serves():
+    """--engine llamacpp --replicas N: each replica's settings leave out what only vLLM serves (the
+    default LoRA switch, the KV-cache share), which a replica would otherwise refuse at start."""
+    from tuneserve.server.config import ServeConfig
+    from tuneserve.server.replicas import replica_values
+
+    values, groups = replica_values(ServeConfig(engine="llamacpp", replicas=2, gguf_type="q8_0"))
+    replica = ServeConfig(**values)
+    assert replica.engine == "llamacpp" and replica.gguf_type == "q8_0" and replica.kv_cache_gib is None
+    assert len(groups) == 2

@@ -32,7 +32,7 @@ from tuneserve.config import tuneserve_home
 from tuneserve.engine import Parallelism, core_groups, plan_kv_cache
 from tuneserve.errors import StartupError
 from tuneserve.models import resolve_model
-from tuneserve.server.config import ServeConfig
+from tuneserve.server.config import VLLM_ONLY, ServeConfig
 from tuneserve.server.process import ServerProcess, free_port, spawn, stop_server, terminate_with_parent, wait_ready
 
 logger = logging.getLogger("tuneserve.replicas")
@@ -67,6 +67,8 @@ def replica_values(config: ServeConfig) -> tuple[dict, list[list[int]]]:
         groups = core_groups(sorted(os.sched_getaffinity(0))[:config.cpu_threads], n)
     except ValueError as e:
         raise StartupError(f"--replicas {n}: {e}") from None
+    if config.engine == "llamacpp":  # its replicas take the cores of their group and nothing vLLM-only
+        return config.model_dump(exclude=ROUTER_ONLY | set(VLLM_ONLY)) | {"cpu_threads": None}, groups
     values = config.model_dump(exclude=ROUTER_ONLY)
     if config.kv_cache_gib is None:
         plan = plan_kv_cache(resolve_model(config.model), config.dtype, config.max_model_len, None, parallelism=Parallelism(data=n))
