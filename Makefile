@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.tuneserve-installed
 MODEL  ?= smollm2-135m-instruct
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+ENGINE ?= vllm
 PYTEST_ARGS ?=
 
 QVENV  ?= .venv-quantize
@@ -40,7 +41,7 @@ model: $(STAMP)
 	$(BIN)/tuneserve models import $(MODEL)
 
 serve: setup
-	$(BIN)/tuneserve serve --model $(MODEL) --host $(HOST) --port $(PORT)
+	$(BIN)/tuneserve serve --model $(MODEL) --host $(HOST) --port $(PORT) --engine $(ENGINE)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

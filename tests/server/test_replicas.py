@@ -200,3 +200,4 @@ def test_llamacpp_replicas_start_from_settings_their_engine_serves():
     replica = ServeConfig(**values)
     assert replica.engine == "llamacpp" and replica.gguf_type == "q8_0" and replica.kv_cache_gib is None
     assert len(groups) == 2
+    assert ServeConfig(**replica_values(ServeConfig(replicas=2))[0]).engine == "vllm"  # and nothing llama.cpp's

@@ -32,6 +32,8 @@ def test_lora_slots_default_to_16_and_shrink_when_memory_is_short():
     assert (short.max_loras, short.max_cpu_loras) == (3, 6)
     given = plan_loras(shapes, 16, 3, 4, available_bytes=128 << 20)
     assert (given.max_loras, given.max_cpu_loras) == (3, 4)
+    kept = plan_loras(shapes, 16, None, 5, available_bytes=16 * GIB)  # --max-cpu-loras 5 alone: the engine keeps 5
+    assert (kept.max_loras, kept.max_cpu_loras) == (5, 5)
 
 
 def test_busy_machine_gets_half_of_what_is_left(model_dir):

@@ -181,14 +181,14 @@ def plan_loras(weight_shapes: dict[str, list[int]], max_rank: int, max_loras: in
                available_bytes: int | None = None) -> LoraPlan:
     """Engine slots (--max-loras) and how many adapters the engine keeps loaded (--max-cpu-loras).
     Given none: DEFAULT_MAX_LORAS slots, fewer when their float32 weights would take more than
-    LORA_CACHE_SHARE of the available memory; and as many kept loaded as fit in another
-    LORA_CACHE_SHARE, at least --max-loras and at most MAX_DEFAULT_CPU_LORAS."""
+    LORA_CACHE_SHARE of the available memory, and no more than a given --max-cpu-loras; and as many
+    kept loaded as fit in another LORA_CACHE_SHARE, at least --max-loras and at most MAX_DEFAULT_CPU_LORAS."""
     adapter_bytes = sum(max_rank * (out + inp) * 2 for out, inp in (s for s in weight_shapes.values() if len(s) == 2))
     if max_loras is None or max_cpu_loras is None:
         available = available_memory_bytes() if available_bytes is None else available_bytes
         budget = available * LORA_CACHE_SHARE
-        if max_loras is None:
-            max_loras = max(1, min(DEFAULT_MAX_LORAS, int(budget // max(2 * adapter_bytes, 1))))
+        if max_loras is None:  # never more slots than the adapters --max-cpu-loras keeps loaded
+            max_loras = max(1, min(DEFAULT_MAX_LORAS, max_cpu_loras or DEFAULT_MAX_LORAS, int(budget // max(2 * adapter_bytes, 1))))
         if max_cpu_loras is None:
             max_cpu_loras = max(max_loras, min(MAX_DEFAULT_CPU_LORAS, int(budget // max(adapter_bytes, 1))))
     return LoraPlan(max_loras, max(max_cpu_loras, max_loras), max_rank, adapter_bytes)

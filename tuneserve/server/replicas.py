@@ -69,7 +69,7 @@ def replica_values(config: ServeConfig) -> tuple[dict, list[list[int]]]:
         raise StartupError(f"--replicas {n}: {e}") from None
     if config.engine == "llamacpp":  # its replicas take the cores of their group and nothing vLLM-only
         return config.model_dump(exclude=ROUTER_ONLY | set(VLLM_ONLY)) | {"cpu_threads": None}, groups
-    values = config.model_dump(exclude=ROUTER_ONLY)
+    values = config.model_dump(exclude=ROUTER_ONLY | {"gguf_type"})
     if config.kv_cache_gib is None:
         plan = plan_kv_cache(resolve_model(config.model), config.dtype, config.max_model_len, None, parallelism=Parallelism(data=n))
         values["kv_cache_gib"] = plan.kv_cache_bytes / (1 << 30)
