@@ -185,7 +185,7 @@ def test_kv_aware_subscribes_the_router_to_each_replicas_kv_events():
     cmd = router_command(config, urls, 9100, endpoints, block_size=128)
     check_router_flags(cmd)
     sources = [cmd[i + 1] for i, flag in enumerate(cmd) if flag == "--kv-event-source"]
-    assert sources == [f"{u}={e}" for u, e in zip(urls, endpoints)]
+    assert sources == [f"{u}={e}" for u, e in zip(urls, endpoints, strict=True)]
     assert cmd[cmd.index("--kv-event-block-size") + 1] == "128" and cmd[cmd.index("--kv-event-model") + 1] == MODEL
     assert "--kv-event-source" not in router_command(config.model_copy(update={"router_policy": "cache_aware"}), urls, 9100)
 
