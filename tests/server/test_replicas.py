@@ -200,4 +200,6 @@ def test_llamacpp_replicas_start_from_settings_their_engine_serves():
     replica = ServeConfig(**values)
     assert replica.engine == "llamacpp" and replica.gguf_type == "q8_0" and replica.kv_cache_gib is None
     assert len(groups) == 2
-    assert ServeConfig(**replica_values(ServeConfig(replicas=2))[0]).engine == "vllm"  # and nothing llama.cpp's
+    # an explicit KV cache: the default would be planned from the memory free while this module's replicas run
+    vllm_values = replica_values(ServeConfig(replicas=2, kv_cache_gib=1))[0]
+    assert ServeConfig(**vllm_values).engine == "vllm" and "gguf_type" not in vllm_values  # and nothing llama.cpp's
