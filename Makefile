@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-peers bench-engines bench-executor bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-peers bench-engines bench-executor bench-start-method bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -98,6 +98,8 @@ bench-engines: runs/smollm2-gguf-bf16/tuneserve.json runs/smollm2-gguf-q8_0/tune
 bench-executor: runs/smollm2-gguf-q8_0/tuneserve.json
 	for n in 1 16; do $(TS) bench run examples/bench/executor.yaml --max-concurrency $$n --num-prompts $$((n * 8)) \
 	  --out docs/bench/executor-$$n --overwrite || exit 1; done
+bench-start-method: setup
+	examples/bench/start-method.sh runs/bench-start-method
 bench-replicas: setup
 	$(TS) bench run examples/bench/replicas.yaml --out docs/bench/replicas --overwrite
 bench-speculative: runs/draft/tuneserve.json

@@ -12,6 +12,7 @@ from tuneserve.engine.cpu import (
     engine_dtype,
     has_fast_bf16,
     is_cpu_platform,
+    no_openmp_pool,
 )
 from tuneserve.engine.interface import Engine
 from tuneserve.engine.launch import chat_prompt_ids, start_engine, start_eval_engine, tokens_prompt
@@ -21,5 +22,5 @@ from tuneserve.engine.plugin import choose_lora_kernels
 __all__ = [
     "Engine", "KVCachePlan", "LoraPlan", "Parallelism", "plan_loras", "apply_cpu_defaults", "chat_prompt_ids", "check_parallelism",
     "check_platform_options", "choose_lora_kernels", "compute_dtype", "core_groups", "cpu_thread_env", "engine_dtype", "has_fast_bf16", "is_cpu_platform",
-    "plan_kv_cache", "start_engine", "start_eval_engine", "tokens_prompt",
+    "no_openmp_pool", "plan_kv_cache", "start_engine", "start_eval_engine", "tokens_prompt",
 ]

@@ -1,6 +1,8 @@
 """The CPU the engine runs on: its threads and their binding, and what it computes natively."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 
 def is_cpu_platform() -> bool:
@@ -61,3 +63,17 @@ def apply_cpu_defaults(cpu_threads: int | None = None, num_ranks: int = 1) -> No
     """Set `cpu_thread_env` in this process (vLLM's workers inherit it), unless the user set it."""
     for name, value in cpu_thread_env(cpu_threads, num_ranks).items():
         os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def no_openmp_pool() -> Iterator[None]:
+    """Torch on one thread inside: work done before the engine starts leaves no OpenMP thread pool
+    behind, so the engine core can still be forked (plugin change 8) instead of spawned."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneserve.engine import no_openmp_pool
 from tuneserve.errors import StartupError
 from tuneserve.evals.classifier import Classifier
 from tuneserve.models import ModelError
@@ -299,7 +300,8 @@ def load_guards(guard_model: str | None, tenants: list[Any]) -> Guards | None:
     if guard_model is not None:
 
         try:
-            classifier = Classifier.load(guard_model)
+            with no_openmp_pool():  # the engine core forks after this (plugin change 8)
+                classifier = Classifier.load(guard_model)
         except (ModelError, OSError, ValueError) as e:
             raise StartupError(f"--guard-model {guard_model}: {e}") from None
     return Guards(classifier)
