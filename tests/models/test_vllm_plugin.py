@@ -76,24 +76,26 @@ def test_kv_event_publishers_bind_loopback_addresses():
 def test_the_engine_core_forks_until_this_process_has_an_openmp_pool():
     """Plugin change 8: a forked child's first OpenMP region waits forever for the parent's pool
     threads, so a process that ran one (training, a guard classifier) spawns its engine core."""
+    import os
     import subprocess
     import sys
 
     script = (
-        "import torch\n"
-        "from tuneserve.engine.plugin import engine_core_start_method as method\n"
+        "import os, torch\n"
+        "from tuneserve.engine.plugin import engine_core_start_method\n"
+        "method = lambda: engine_core_start_method(os.environ.get('VLLM_WORKER_MULTIPROC_METHOD'))\n"
         "before = method()\n"
         "torch.set_num_threads(2); a = torch.randn(512, 512); a @ a\n"
         "print(before, method())\n"
     )
 
     def run(**env):
-        import os
-
+        clean = {k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"}
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                             env={k: v for k, v in os.environ.items() if k != "VLLM_WORKER_MULTIPROC_METHOD"} | env)
+                             env=clean | {"OMP_NUM_THREADS": "2"} | env)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout.split()
 
-    assert run(OMP_NUM_THREADS="2") == ["fork", "spawn"]
-    assert run(OMP_NUM_THREADS="2", VLLM_WORKER_MULTIPROC_METHOD="spawn") == ["spawn", "spawn"]  # as asked
+    assert run() == ["fork", "spawn"]
+    assert run(VLLM_WORKER_MULTIPROC_METHOD="spawn") == ["spawn", "spawn"]  # as asked
+    assert run(VLLM_WORKER_MULTIPROC_METHOD="fork") == ["fork", "spawn"]  # never into a hang

@@ -37,8 +37,15 @@ def test_distill_loss_is_zero_only_when_the_distributions_match():
 
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
+    import os
+
     out = tmp_path_factory.mktemp("distill") / "student"
-    return run_distill(DistillOptions(out=str(out), data="all", student_layers=8, steps=30, batch_size=8, eval_samples=10))
+    asked = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")
+    student = run_distill(DistillOptions(out=str(out), data="all", student_layers=8, steps=30, batch_size=8, eval_samples=10))
+    # Three engines started here, each forked or spawned (plugin change 8); none leaves its start
+    # method to the servers the suite starts later.
+    assert os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == asked
+    return student
 
 
 def test_distilled_student_beats_the_untrained_student(student):

@@ -6,11 +6,13 @@ calls it with a small fixed context. Both get the same CPU thread defaults and e
 """
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from tuneserve.engine.checks import check_kernels
 from tuneserve.engine.cpu import apply_cpu_defaults, engine_dtype, is_cpu_platform
+from tuneserve.engine.plugin import START_METHOD_ENV
 
 logger = logging.getLogger("tuneserve.engine")
 
@@ -64,7 +66,14 @@ def start_engine(model_dir: Path, cpu_threads: int | None = None, **engine_kwarg
         engine_kwargs["kv_events_config"] = KVEventsConfig(**engine_kwargs["kv_events_config"])
     args = AsyncEngineArgs(model=str(model_dir), **engine_kwargs)
     logger.info("starting vLLM engine for %s (enforce_eager=%s)", model_dir, args.enforce_eager)
-    return AsyncLLM.from_engine_args(args)
+    asked = os.environ.get(START_METHOD_ENV)
+    try:
+        return AsyncLLM.from_engine_args(args)
+    finally:  # vLLM's CPU platform (and plugin change 8) set it for this launch: later children choose their own
+        if asked is None:
+            os.environ.pop(START_METHOD_ENV, None)
+        else:
+            os.environ[START_METHOD_ENV] = asked
 
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's LoRA kernels are built for

@@ -61,7 +61,8 @@ ready here). With one rank (change 6) the engine core is the only child, and vLL
 elsewhere, `fork`, is safe unless this process already runs an OpenMP thread pool: GNU libgomp's
 pool threads do not survive fork, and the child's first parallel region then waits for them
 forever (reproduced with a matmul). So the engine core forks unless `openmp_pool_started()` (then
-spawn), or VLLM_WORKER_MULTIPROC_METHOD was set by the user (then that). Work done before the
+spawn, even if fork was asked), or VLLM_WORKER_MULTIPROC_METHOD=spawn was asked. `start_engine`
+puts the variable back after the launch, so processes started later choose for themselves. Work done before the
 engine starts runs under `engine.cpu.no_openmp_pool` (the guard classifier's merge). Measured
 here, 3 interleaved rounds (docs/performance.md): ready in 27.5 s (24.7-29.9) instead of 47.1 s
 (43.9-47.2), output tok/s 1.09x at 1 stream and 0.94x at 16 streams (inside the runs' spread).
@@ -171,25 +172,26 @@ def _keep_uni_executor_on_cpu() -> None:
 
     def check_and_update_config(cls, vllm_config) -> None:
         parallel = vllm_config.parallel_config
-        asked = parallel.distributed_executor_backend
+        asked, asked_start = parallel.distributed_executor_backend, os.environ.get(START_METHOD_ENV)
         original(cls, vllm_config)
         if asked == "uni" and parallel.world_size == 1:
             parallel.distributed_executor_backend = "uni"
-            os.environ["VLLM_WORKER_MULTIPROC_METHOD"] = engine_core_start_method()
+            os.environ[START_METHOD_ENV] = engine_core_start_method(asked_start)
 
     check_and_update_config.is_tuneserve_fix = True
     CpuPlatform.check_and_update_config = classmethod(check_and_update_config)
 
 
-_ASKED_START_METHOD = os.environ.get("VLLM_WORKER_MULTIPROC_METHOD")  # the user's, before vLLM sets its own
+START_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 
 
-def engine_core_start_method() -> str:
-    """Change 8: how the engine core starts with one rank on CPU: `fork` unless asked otherwise or
-    unsafe (an OpenMP thread pool in this process), else `spawn` (vLLM's CPU choice)."""
-    if _ASKED_START_METHOD in ("spawn", "fork"):
-        return _ASKED_START_METHOD
-    return "spawn" if openmp_pool_started() else "fork"
+def engine_core_start_method(asked: str | None = None) -> str:
+    """Change 8: how the engine core starts with one rank on CPU: `spawn` where this process runs
+    an OpenMP thread pool (a forked child would hang, even if `fork` was asked) or where `spawn`
+    was asked (VLLM_WORKER_MULTIPROC_METHOD), else `fork`."""
+    if openmp_pool_started():
+        return "spawn"
+    return "spawn" if asked == "spawn" else "fork"
 
 
 def openmp_pool_started() -> bool:
