@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 QVENV  ?= .venv-quantize
 QSTAMP := $(QVENV)/.tuneserve-installed
 
-.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-replicas bench-peers bench-engines bench-executor bench-start-method bench-speculative bench-gateway demo clean
+.PHONY: setup model quantize-env serve test test-slow reliability lint bench-cpu bench-prune bench-lora bench-lora-scale bench-lora-on-cost bench-replicas bench-peers bench-engines bench-executor bench-start-method bench-speculative bench-gateway demo clean
 
 setup: $(STAMP) model quantize-env
 
@@ -84,6 +84,8 @@ bench-lora: setup
 	$(TS) bench run examples/bench/lora.yaml --out docs/bench/lora --overwrite
 bench-lora-scale: setup
 	$(TS) bench run examples/bench/lora-scale.yaml --out docs/bench/lora-scale --overwrite
+bench-lora-on-cost: setup
+	$(TS) bench run examples/bench/lora-on-cost.yaml --out docs/bench/lora-on-cost --overwrite
 runs/smollm2-gguf-bf16/tuneserve.json: | setup
 	$(TS) optimize export --type bf16 --out runs/smollm2-gguf-bf16 --overwrite
 runs/smollm2-gguf-q8_0/tuneserve.json: | setup
