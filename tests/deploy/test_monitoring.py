@@ -112,8 +112,9 @@ def test_a_real_prometheus_scrapes_the_server_and_the_dashboard_shows_data(serve
 
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                if query('up{job="tuneserve"} == 1'):
+            try:  # Prometheus answers 503 "Service Unavailable" until its TSDB has opened: /-/ready says when
+                ready = httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=10).status_code == 200
+                if ready and query('up{job="tuneserve"} == 1'):
                     break
             except httpx.TransportError:
                 pass

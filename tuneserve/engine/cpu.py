@@ -19,10 +19,13 @@ def has_fast_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def compute_dtype() -> str:
-    """The dtype to run torch in here: bfloat16 on a GPU or a CPU that computes it natively, else float32."""
+def compute_dtype(asked: str = "auto") -> str:
+    """The dtype to run torch in here: `asked`, or for auto bfloat16 on a GPU or a CPU that computes
+    it natively (AVX512-BF16, AMX), else float32."""
     import torch
 
+    if asked != "auto":
+        return asked
     return "bfloat16" if torch.cuda.is_available() or has_fast_bf16() else "float32"
 
 

@@ -73,15 +73,8 @@ def prepare(recipe: Recipe, overwrite: bool = False, resume: bool = False) -> Ru
     rows, hashes = load_rows(recipe)
     if not resume:
         _start_fresh(recipe)
-    dtype = training_dtype(recipe.dtype)
+    dtype = compute_dtype(recipe.dtype)
     return Run(recipe, model_dir, rows, hashes, dtype, metrics={"dtype": dtype})
-
-
-def training_dtype(dtype: str) -> str:
-    """auto: bfloat16 where it is computed natively (a GPU, or a CPU with AVX512-BF16/AMX), else float32."""
-    if dtype != "auto":
-        return dtype
-    return compute_dtype()
 
 
 def _recipe_fingerprint(recipe: Recipe) -> str:

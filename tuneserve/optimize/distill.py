@@ -77,14 +77,14 @@ def run_distill(options: DistillOptions) -> Path:
             _copy_student(resolve_model(o.student), teacher_dir, tmp)
         texts, teacher_eval = _teacher_answers(teacher_dir, prompts, held_out)  # one engine for both
         metrics = {"eval_teacher": teacher_eval, "eval_student_before": evaluate(tmp, held_out)} if held_out else {}
-        metrics |= _train(tmp, teacher_dir, texts, o.steps, o.learning_rate, o.batch_size, o.temperature, o.alpha)
+        metrics |= _train(tmp, teacher_dir, texts, o.steps, o.learning_rate, o.batch_size, o.temperature, o.alpha, o.dtype)
         if held_out:
             metrics["eval_student_after"] = evaluate(tmp, held_out)
         write_manifest(tmp, Manifest(
             kind="student",
             base_model=base_identity(o.teacher or teacher_dir.name, teacher_dir),
             recipe={"distill": {"data": o.data, "teacher_layers_kept": kept, "steps": o.steps, "learning_rate": o.learning_rate,
-                                "batch_size": o.batch_size, "temperature": o.temperature, "alpha": o.alpha,
+                                "batch_size": o.batch_size, "temperature": o.temperature, "alpha": o.alpha, "dtype": compute_dtype(o.dtype),
                                 "num_params": model_facts(tmp).num_params}},
             metrics=metrics,
             parents=[str(teacher_dir)],
@@ -128,7 +128,8 @@ def _teacher_answers(teacher_dir: Path, prompts: list[list[dict]], held_out: lis
     return [(ids + answer, len(ids)) for ids, answer in zip(prompt_token_ids, answers, strict=True)], scores
 
 
-def _train(student_dir: Path, teacher_dir: Path, examples, steps: int, lr: float, batch_size: int, temperature: float, alpha: float) -> dict:
+def _train(student_dir: Path, teacher_dir: Path, examples, steps: int, lr: float, batch_size: int, temperature: float, alpha: float,
+           dtype: str) -> dict:
     import random
 
     import torch
@@ -140,12 +141,16 @@ def _train(student_dir: Path, teacher_dir: Path, examples, steps: int, lr: float
     student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    # float32 weights and optimizer state, the student's forward autocast to bf16 (as the finetune
+    # recipes train): 30 steps of 8 took 40 s instead of 93 s here (AVX512-BF16)
+    mixed_precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute_dtype(dtype) == "bfloat16")
     rng, losses = random.Random(0), []
     for _ in tqdm(range(steps), desc="distilling"):
         ids, labels, attention = _batch(rng.sample(examples, min(batch_size, len(examples))))
         with torch.no_grad():
             teacher_logits = teacher(input_ids=ids, attention_mask=attention).logits
-        student_logits = student(input_ids=ids, attention_mask=attention).logits
+        with mixed_precision:
+            student_logits = student(input_ids=ids, attention_mask=attention).logits
         loss = distill_loss(student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:], temperature, alpha)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

@@ -91,6 +91,10 @@ class DistillOptions(Output):
     batch_size: int = Field(8, ge=1, description="Prompts per step.")
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the KL term.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of the KL term (1 - alpha for cross-entropy).")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Autocast of the student's forward pass (its weights and optimizer state stay float32). auto: "
+        "bfloat16 on a GPU or a CPU that computes it natively (AVX512-BF16, AMX), else float32.",
+    )
     eval_samples: int = Field(50, ge=0, description="Held-out demo samples per task (0: skip).")
 
     @model_validator(mode="after")
