@@ -1,6 +1,6 @@
 """The bandwidth roofline of one decode step: a step reads every weight once, so no engine decodes
 a stream faster than weight bytes / memory bandwidth. Printed for the weights `make bench-engines`
-serves (bf16 and q8_0 GGUF, float32 as vLLM runs on a CPU without native bf16), with this
+serves (bf16 and q8_0 GGUF, and vLLM's own: float32 on a CPU without native bf16, else bf16), with this
 machine's copy bandwidth measured now.
 
     .venv/bin/python examples/bench/roofline.py [runs/smollm2-gguf-bf16 runs/smollm2-gguf-q8_0 ...]
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from tuneserve.bench.environment import copy_bandwidth_gbps, describe, environment
+from tuneserve.engine import engine_dtype
 from tuneserve.models import model_facts, resolve_model
 
 DEFAULT_GGUFS = ["runs/smollm2-gguf-bf16", "runs/smollm2-gguf-q8_0"]
@@ -17,7 +18,8 @@ DEFAULT_GGUFS = ["runs/smollm2-gguf-bf16", "runs/smollm2-gguf-q8_0"]
 
 def main(exports: list[str]) -> None:
     bandwidth = copy_bandwidth_gbps()
-    weights = {"float32 (vLLM's CPU dtype here)": model_facts(resolve_model("smollm2-135m-instruct")).num_params * 4}
+    dtype = "float32" if engine_dtype("auto") == "float32" else "bf16"  # as vLLM runs the model on this CPU
+    weights = {f"{dtype} (vLLM's dtype here)": model_facts(resolve_model("smollm2-135m-instruct")).num_params * (4 if dtype == "float32" else 2)}
     for export in exports:
         weights[f"{Path(export).name} GGUF"] = (Path(export) / "model.gguf").stat().st_size
     print(f"{describe(environment())}; measured now: {bandwidth} GB/s\n")
