@@ -43,6 +43,22 @@ def test_requests_per_minute_counts_admitted_requests_only(tokenizer):
     assert "2 requests per minute" in assert_openai_error(ask(client, "sk-budget-00000001", max_tokens=2), 429)["message"]
 
 
+def test_a_refused_request_does_not_hold_its_place_in_the_minute():
+    """429s do not count: once the admitted requests age out of the minute, the key is admitted
+    again, however often it was refused meanwhile (the HTTP test above cannot wait a minute)."""
+    import pytest
+
+    from tuneserve.server.auth import RateLimitError, Tenant, TenantSpec
+
+    tenant = Tenant(TenantSpec(name="rpm", key="sk-rpm-00000001", requests_per_minute=2))
+    tenant.admit(now=0.0)
+    tenant.admit(now=1.0)
+    for now in (30.0, 31.0):
+        with pytest.raises(RateLimitError):
+            tenant.admit(now=now)
+    tenant.admit(now=61.5)  # 0 and 1 have left the window; the refusals at 30 and 31 never entered it
+
+
 def test_guard_model_without_keys_guards_every_request(tokenizer):
     from tuneserve.server.guards import load_guards
 
